@@ -1,0 +1,41 @@
+# Two commands do everything:  make run   and   make test
+# Both first build .venv (CPython 3.8 + the pins in requirements.txt) if it is missing.
+#   make run ARGS="--epochs 3 --lr 0.02"     pass flags to federated_learning.py
+#   make venv                                only build the environment
+#   make bench ARGS="--max-batches 100"      the speed benchmark (see README)
+
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+ARGS    ?= --epochs 1 --lr 0.01
+# Build tools for the few source packages (psutil, tornado, phe); pinned for Python 3.8.
+BOOTSTRAP := pip==24.3.1 setuptools==75.3.0 wheel==0.45.1
+
+.PHONY: run test venv bench clean
+
+run: venv
+	$(PYTHON) federated_learning.py $(ARGS)
+
+test: venv
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PYTHON) bench.py $(ARGS)
+
+venv: $(VENV)/.installed
+
+# --no-deps: requirements.txt is the complete set. Without it pip would chase
+# syft's aiortc -> PyAV 8 dependency, which no longer builds (README, "WebRTC").
+$(VENV)/.installed: requirements.txt
+	@python=$$(sh tools/find-python38.sh) || exit 1; \
+	if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 8))' 2>/dev/null; then \
+		echo "Creating $(VENV) with $$python"; rm -rf $(VENV); "$$python" -m venv $(VENV) || exit 1; \
+	fi; \
+	$(PYTHON) -m pip install --quiet $(BOOTSTRAP) \
+	&& $(PYTHON) -m pip install --no-deps -r requirements.txt \
+	|| { echo >&2; echo "error: installing the pinned packages into $(VENV) failed (pip's message is above)." >&2; \
+	     echo "It needs access to PyPI (torch 1.4.0 is a 750 MB wheel) and a C compiler with Python 3.8 headers for psutil." >&2; \
+	     echo "Fix the cause and run make again; it picks up where it stopped." >&2; exit 1; }
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,27 @@
+"""argparse types that reject bad values with argparse's own error (exit status 2)."""
+import argparse
+
+
+def _number(kind, text, minimum, inclusive):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not a{} {}".format(
+            text, "n" if kind is int else "", "integer" if kind is int else "number"))
+    if value != value or value < minimum or (value == minimum and not inclusive):
+        raise argparse.ArgumentTypeError("must be {} {}, got {}".format(
+            ">=" if inclusive else ">", minimum, text))
+    return value
+
+
+def positive_int(text):
+    """An integer >= 1 (epochs, batch sizes, intervals)."""
+    return _number(int, text, 1, inclusive=True)
+
+
+def positive_float(text):
+    """A finite number > 0 (learning rates)."""
+    value = _number(float, text, 0.0, inclusive=False)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError("must be finite, got {}".format(text))
+    return value

@@ -1,0 +1,154 @@
+"""MNIST files for torchvision 0.5.0: found locally or downloaded from a working mirror, then verified.
+
+torchvision 0.5.0 still downloads from yann.lecun.com, which no longer serves
+MNIST, and it rejects re-compressed but otherwise identical .gz files because it
+checks the .gz MD5. So we fetch and check the raw files ourselves and write the
+`processed/*.pt` files that `torchvision.datasets.MNIST(root, download=False)` reads.
+
+Downloads are checked against the MD5 of the original .gz files and written
+atomically (`*.part`, then rename). Files already on disk are checked by
+structure (IDX magic number, shape, sizes, label range), so a re-compressed
+copy or a small generated test set works offline too.
+"""
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import urllib.request
+
+import numpy as np
+import torch
+from torchvision import transforms
+
+# The mirror torchvision uses since 0.9, then TensorFlow's copy of the same files.
+# MNIST_MIRRORS (base URLs, space-separated) replaces them, e.g. with a classroom server.
+DEFAULT_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+# File name -> MD5 of the original .gz download.
+GZ_MD5 = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+SPLITS = {  # processed file -> (images, labels), as torchvision 0.5.0 names them
+    "training.pt": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test.pt": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# The normalisation of the PyTorch MNIST example and of the PySyft tutorials.
+TRANSFORM = transforms.Compose(
+    [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+)
+IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension, images: 3
+
+
+class DataError(Exception):
+    """MNIST is missing or damaged and cannot be fetched; the message says what to do."""
+
+
+def _atomic_write(path, write):
+    """Write through a temporary file in the same folder, so `path` is complete or absent."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def configured_mirrors():
+    return tuple(os.environ.get("MNIST_MIRRORS", "").split()) or DEFAULT_MIRRORS
+
+
+def download(name, raw_dir, mirrors, md5=GZ_MD5, timeout=60):
+    """Fetch `name`.gz from the first mirror that serves it with the right MD5; return its path."""
+    target = os.path.join(raw_dir, name + ".gz")
+    failures = []
+    for mirror in mirrors:
+        url = mirror + name + ".gz"
+        print("Downloading {}".format(url), flush=True)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                payload = response.read()
+        except Exception as error:  # HTTP errors, refused connections, truncated bodies
+            failures.append("{}: {}".format(url, error))
+            continue
+        digest = hashlib.md5(payload).hexdigest()
+        if digest != md5[name]:
+            failures.append("{}: MD5 {} does not match {}".format(url, digest, md5[name]))
+            continue
+        _atomic_write(target, lambda out: out.write(payload))
+        return target
+    raise DataError(
+        "Could not download {}.gz:\n  {}".format(name, "\n  ".join(failures))
+    )
+
+
+def read_idx(path):
+    """Read an IDX file (.gz or not) into a numpy array, checking its structure on the way."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            payload = f.read()
+        magic = struct.unpack(">I", payload[:4])[0]
+        ndim = IDX_MAGIC[magic]
+        shape = struct.unpack(">" + "I" * ndim, payload[4 : 4 + 4 * ndim])
+        body = np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * ndim)
+        return body.reshape(shape)
+    except (OSError, EOFError, KeyError, ValueError, struct.error, gzip.BadGzipFile) as error:
+        raise DataError("{} is not a valid MNIST IDX file ({}).".format(path, error or type(error).__name__))
+
+
+def _find_local(raw_dir, name):
+    for candidate in (name + ".gz", name):
+        path = os.path.join(raw_dir, candidate)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _load_split(images_path, labels_path):
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError("{} holds images of shape {}, not 28x28.".format(images_path, images.shape[1:]))
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError("{} has {} labels for {} images.".format(labels_path, len(labels), len(images)))
+    if len(labels) and labels.max() > 9:
+        raise DataError("{} has a label {}, outside 0-9.".format(labels_path, labels.max()))
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def ensure(root, mirrors=None, md5=GZ_MD5):
+    """Make `root` ready for `torchvision.datasets.MNIST(root, download=False)`.
+
+    Raises DataError with a message that names the folder and says how to fill it.
+    """
+    raw_dir = os.path.join(root, "MNIST", "raw")
+    try:
+        _prepare(raw_dir, os.path.join(root, "MNIST", "processed"), mirrors or configured_mirrors(), md5)
+    except DataError as error:
+        raise DataError(
+            "{}\n\nMNIST in {} is missing or damaged. Put the four files {} there "
+            "(copied from any machine that has them), or remove the damaged ones and "
+            "run again with network access.".format(
+                error, os.path.abspath(raw_dir), ", ".join(n + ".gz" for n in GZ_MD5)
+            )
+        ) from None
+
+
+def _prepare(raw_dir, processed_dir, mirrors, md5):
+    paths = {name: _find_local(raw_dir, name) or download(name, raw_dir, mirrors, md5) for name in GZ_MD5}
+    newest_raw = max(os.path.getmtime(p) for p in paths.values())
+    for processed, (images_name, labels_name) in SPLITS.items():
+        out = os.path.join(processed_dir, processed)
+        if os.path.exists(out) and os.path.getmtime(out) >= newest_raw:
+            continue
+        split = _load_split(paths[images_name], paths[labels_name])
+        _atomic_write(out, lambda f: torch.save(split, f))

@@ -1,0 +1,112 @@
+"""Shared fixtures: a small, learnable MNIST look-alike in IDX format, and one syft hook.
+
+Tests never use the network: the data is generated here, and every download
+test serves files from a local HTTP server on 127.0.0.1.
+"""
+import gc
+import gzip
+import os
+import socket
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "federated_learning.py")
+
+
+def idx_bytes(array):
+    """The IDX encoding MNIST uses: magic (2049 labels, 2051 images), sizes, then uint8 data."""
+    magic = 2051 if array.ndim == 3 else 2049
+    return struct.pack(">I" + "I" * array.ndim, magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def synthetic_digits(n, seed):
+    """Images whose class is a bright 8x8 block at one of ten positions, jittered and noisy."""
+    rng = np.random.RandomState(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.randint(0, 60, size=(n, 28, 28))
+    for image, label in zip(images, labels):
+        row, col = divmod(int(label), 4)  # a 3 x 4 grid of cells, 10 used
+        r, c = 2 + row * 8 + rng.randint(-1, 2), 1 + col * 7 + rng.randint(-1, 2)
+        image[max(r, 0):r + 8, max(c, 0):c + 8] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_mnist(root, n_train=640, n_test=200, seed=0):
+    """Write MNIST/raw/*.gz under root, as the real files are laid out."""
+    raw = os.path.join(str(root), "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
+        images, labels = synthetic_digits(n, s)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            with gzip.open(os.path.join(raw, "{}-{}-ubyte.gz".format(prefix, kind)), "wb") as f:
+                f.write(idx_bytes(array))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    return write_mnist(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def sy():
+    from fl_tutorial.env import import_syft
+
+    return import_syft()
+
+
+@pytest.fixture(scope="session")
+def hook(sy):
+    import torch
+
+    return sy.TorchHook(torch)
+
+
+@pytest.fixture(scope="session")
+def session_workers(sy, hook):
+    """One client1 and one client2 per session, as in the script (syft keys workers by id)."""
+    return [sy.VirtualWorker(hook, id="client{}".format(i)) for i in (1, 2)]
+
+
+@pytest.fixture
+def workers(session_workers):
+    yield session_workers
+    for worker in session_workers:
+        worker.clear_objects()
+    gc.collect()
+
+
+def run_script(*args, env=None, python=None, timeout=600):
+    """Run federated_learning.py as a user would; returns the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(
+        [python or sys.executable, SCRIPT, *args], cwd=ROOT, env=full_env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout,
+    )
+
+
+def assert_clean_exit(result):
+    """No traceback and no 'Exception ignored' (syft's pointer GC at shutdown), ever."""
+    for marker in ("Traceback", "Exception ignored"):
+        assert marker not in result.stderr, result.stderr
+        assert marker not in result.stdout, result.stdout
+
+
+@pytest.fixture(autouse=True)
+def no_internet(monkeypatch):
+    """Any connection from the test process to a non-loopback address fails the test."""
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if self.family in (socket.AF_INET, socket.AF_INET6) else "localhost"
+        if not (host.startswith("127.") or host in ("localhost", "::1")):
+            raise AssertionError("test tried to reach the network: {!r}".format(address))
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

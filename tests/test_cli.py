@@ -1,0 +1,43 @@
+"""Bad command lines end with argparse's usage error (exit status 2) and no traceback."""
+import pytest
+
+from conftest import assert_clean_exit, run_script
+from federated_learning import parse_args
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["--epochs", "0"], "--epochs: must be >= 1, got 0"),
+    (["--epochs", "-3"], "--epochs: must be >= 1"),
+    (["--epochs", "two"], "--epochs: 'two' is not an integer"),
+    (["--epochs", "1.5"], "--epochs: '1.5' is not an integer"),
+    (["--lr", "0"], "--lr: must be > 0.0, got 0"),
+    (["--lr", "-0.01"], "--lr: must be > 0.0"),
+    (["--lr", "abc"], "--lr: 'abc' is not a number"),
+    (["--lr", "nan"], "--lr: must be > 0.0, got nan"),
+    (["--lr", "inf"], "--lr: must be finite"),
+    (["--batch-size", "0"], "--batch-size: must be >= 1"),
+    (["--test-batch-size", "0"], "--test-batch-size: must be >= 1"),
+    (["--log-interval", "0"], "--log-interval: must be >= 1"),
+    (["--device", "tpu"], "--device: invalid choice: 'tpu'"),
+])
+def test_bad_values_are_usage_errors(argv, complaint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ")
+    assert complaint in err
+
+
+def test_defaults_follow_the_pytorch_mnist_example():
+    args = parse_args([])
+    assert (args.batch_size, args.test_batch_size, args.seed, args.log_interval) == (64, 1000, 1, 10)
+    assert (args.epochs, args.lr, args.data_dir, args.device, args.save_model) == (1, 0.01, "./data", "auto", None)
+    assert parse_args(["--no-cuda"]).device == "cpu"
+
+
+def test_bad_value_from_the_shell_exits_2_without_traceback():
+    result = run_script("--epochs", "0", "--lr", "0.01")
+    assert result.returncode == 2
+    assert "argument --epochs: must be >= 1, got 0" in result.stderr
+    assert_clean_exit(result)

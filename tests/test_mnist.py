@@ -1,0 +1,168 @@
+"""MNIST files: verified, atomic downloads from a local server; offline use; clear errors."""
+import glob
+import gzip
+import hashlib
+import http.server
+import os
+import shutil
+import threading
+
+import pytest
+from torchvision import datasets
+
+from conftest import assert_clean_exit, run_script, write_mnist
+from fl_tutorial import mnist
+
+NAMES = list(mnist.GZ_MD5)
+
+
+class Mirror:
+    """A local HTTP server; `files` maps a URL path to (bytes, mode): mode 'ok' or 'truncate'."""
+
+    def __init__(self):
+        self.files, self.requests = {}, []
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                mirror.requests.append(self.path)
+                if self.path not in mirror.files:
+                    self.send_error(404)
+                    return
+                payload, mode = mirror.files[self.path]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                # 'truncate' drops the connection halfway, as an interrupted download does.
+                self.wfile.write(payload if mode == "ok" else payload[: len(payload) // 2])
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, folder):
+        return "http://127.0.0.1:{}/{}/".format(self.server.server_address[1], folder)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirror():
+    server = Mirror()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gz_files(tmp_path_factory):
+    """The generated MNIST .gz files and their MD5s, standing in for the real ones."""
+    raw = os.path.join(write_mnist(tmp_path_factory.mktemp("source")), "MNIST", "raw")
+    payloads = {n: open(os.path.join(raw, n + ".gz"), "rb").read() for n in NAMES}
+    return payloads, {n: hashlib.md5(p).hexdigest() for n, p in payloads.items()}
+
+
+def copy_raw(data_dir, tmp_path):
+    """A fresh data folder holding only the raw files (no processed/ from earlier tests)."""
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(data_dir, "MNIST", "raw"), str(root / "MNIST" / "raw"))
+    return root
+
+
+def corrupt(payload):
+    return payload[:100] + bytes([payload[100] ^ 0xFF]) + payload[101:]
+
+
+def leftovers(folder):
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(str(folder), "*")))
+
+
+def test_download_skips_a_corrupt_mirror_and_keeps_the_verified_file(mirror, gz_files, tmp_path):
+    payloads, md5 = gz_files
+    name = NAMES[0]
+    mirror.files["/bad/{}.gz".format(name)] = (corrupt(payloads[name]), "ok")
+    mirror.files["/good/{}.gz".format(name)] = (payloads[name], "ok")
+    path = mnist.download(name, str(tmp_path), [mirror.url("bad"), mirror.url("good")], md5)
+    assert open(path, "rb").read() == payloads[name]
+    assert mirror.requests == ["/bad/{}.gz".format(name), "/good/{}.gz".format(name)]
+    assert leftovers(tmp_path) == [name + ".gz"]
+
+
+def test_corrupt_download_is_rejected_and_not_kept(mirror, gz_files, tmp_path):
+    payloads, md5 = gz_files
+    name = NAMES[1]
+    mirror.files["/bad/{}.gz".format(name)] = (corrupt(payloads[name]), "ok")
+    with pytest.raises(mnist.DataError, match="MD5 [0-9a-f]{32} does not match " + md5[name]):
+        mnist.download(name, str(tmp_path), [mirror.url("bad")], md5)
+    assert leftovers(tmp_path) == []
+
+
+def test_interrupted_download_leaves_no_file_that_passes_as_complete(mirror, gz_files, tmp_path):
+    payloads, md5 = gz_files
+    name = NAMES[0]
+    mirror.files["/cut/{}.gz".format(name)] = (payloads[name], "truncate")
+    with pytest.raises(mnist.DataError, match="Could not download"):
+        mnist.download(name, str(tmp_path), [mirror.url("cut")], md5)
+    assert leftovers(tmp_path) == []
+
+
+def test_ensure_downloads_what_is_missing_then_torchvision_loads_it(mirror, gz_files, tmp_path):
+    payloads, md5 = gz_files
+    for name, payload in payloads.items():
+        mirror.files["/m/{}.gz".format(name)] = (payload, "ok")
+    mnist.ensure(str(tmp_path), [mirror.url("m")], md5)
+    assert len(datasets.MNIST(str(tmp_path), train=True)) == 640
+    assert len(datasets.MNIST(str(tmp_path), train=False)) == 200
+    assert leftovers(tmp_path / "MNIST" / "raw") == sorted(n + ".gz" for n in NAMES)
+
+
+def test_local_files_work_offline_even_if_recompressed(mnist_dir, tmp_path):
+    # Re-compressing changes the .gz MD5 but not the content: still accepted, no download tried.
+    root = copy_raw(mnist_dir, tmp_path)
+    for path in glob.glob(str(root / "MNIST" / "raw" / "*.gz")):
+        content = gzip.open(path).read()
+        with gzip.open(path, "wb", compresslevel=1) as f:
+            f.write(content)
+    mnist.ensure(str(root), mirrors=["http://127.0.0.1:9/never-used/"])
+    image, label = datasets.MNIST(str(root), train=True, transform=mnist.TRANSFORM)[0]
+    assert tuple(image.shape) == (1, 28, 28) and 0 <= int(label) <= 9
+
+
+def test_uncompressed_local_files_work_too(mnist_dir, tmp_path):
+    root = copy_raw(mnist_dir, tmp_path)
+    for path in glob.glob(str(root / "MNIST" / "raw" / "*.gz")):
+        open(path[:-3], "wb").write(gzip.open(path).read())
+        os.remove(path)
+    mnist.ensure(str(root), mirrors=["http://127.0.0.1:9/never-used/"])
+    assert len(datasets.MNIST(str(root), train=False)) == 200
+
+
+@pytest.mark.parametrize("damage", ["truncate", "not-idx", "labels-mismatch"])
+def test_damaged_local_file_gives_a_clear_error(mnist_dir, tmp_path, damage):
+    root = copy_raw(mnist_dir, tmp_path)
+    raw = root / "MNIST" / "raw"
+    images = raw / "train-images-idx3-ubyte.gz"
+    if damage == "truncate":
+        images.write_bytes(images.read_bytes()[:500])
+    elif damage == "not-idx":
+        images.write_bytes(gzip.compress(b"<html>Not Found</html>"))
+    else:
+        shutil.copy(str(raw / "t10k-labels-idx1-ubyte.gz"), str(raw / "train-labels-idx1-ubyte.gz"))
+    with pytest.raises(mnist.DataError) as error:
+        mnist.ensure(str(root), mirrors=["http://127.0.0.1:9/never-used/"])
+    assert "MNIST in {} is missing or damaged".format(raw) in str(error.value)
+    assert not (root / "MNIST" / "processed" / "training.pt").exists()
+
+
+def test_script_without_data_and_without_network_explains_what_to_do(mirror, tmp_path):
+    result = run_script("--data-dir", str(tmp_path), env={"MNIST_MIRRORS": mirror.url("empty")})
+    assert result.returncode == 1
+    raw = os.path.join(str(tmp_path), "MNIST", "raw")
+    assert "error: Could not download train-images-idx3-ubyte.gz" in result.stderr
+    assert "404" in result.stderr
+    assert "MNIST in {} is missing or damaged. Put the four files".format(raw) in result.stderr
+    assert_clean_exit(result)
