@@ -7,8 +7,9 @@
 VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 ARGS    ?= --epochs 1 --lr 0.01
-# Build tools for the few source packages (psutil, tornado, phe); pinned for Python 3.8.
-BOOTSTRAP := pip==24.3.1 setuptools==75.3.0 wheel==0.45.1
+# Build tools for the few source packages (psutil, tornado, phe), pinned for Python 3.8.
+# pip stays at 24.0: pip 24.1+ rejects syft 0.2.6's wheel metadata as invalid.
+BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
 .PHONY: run test venv bench clean
 
