@@ -1,17 +1,19 @@
 # Two commands do everything:  make run   and   make test
 # Both first build .venv (CPython 3.8 + the pins in requirements.txt) if it is missing.
 #   make run ARGS="--epochs 3 --lr 0.02"     pass flags to federated_learning.py
+#                                            (default: its own, --epochs 1 --lr 0.01)
 #   make venv                                only build the environment
 #   make bench ARGS="--max-batches 100"      the speed benchmark (see README)
+#   make experiments DATA=./data             the README's experiments table (~40 min)
 
 VENV    := .venv
 PYTHON  := $(VENV)/bin/python
-ARGS    ?= --epochs 1 --lr 0.01
+ARGS    ?=
 # Build tools for the few source packages (psutil, tornado, phe), pinned for Python 3.8.
 # pip stays at 24.0: pip 24.1+ rejects syft 0.2.6's wheel metadata as invalid.
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
-.PHONY: run test venv bench clean
+.PHONY: run test venv bench experiments clean
 
 run: venv
 	$(PYTHON) federated_learning.py $(ARGS)
@@ -21,6 +23,26 @@ test: venv
 
 bench: venv
 	$(PYTHON) bench.py $(ARGS)
+
+# The README's experiments table: same data, lr and total local epochs, one flag changed at a time.
+DATA ?= ./data
+EXPERIMENTS := \
+	iid-2-sequential:--num-clients=2,--partition=iid,--strategy=sequential \
+	iid-2-fedavg:--num-clients=2,--partition=iid,--strategy=fedavg \
+	noniid-2-sequential:--num-clients=2,--partition=noniid,--strategy=sequential \
+	noniid-2-fedavg:--num-clients=2,--partition=noniid,--strategy=fedavg \
+	iid-5-sequential:--num-clients=5,--partition=iid,--strategy=sequential \
+	iid-5-fedavg:--num-clients=5,--partition=iid,--strategy=fedavg
+
+experiments: venv
+	@mkdir -p results
+	@for run in $(EXPERIMENTS); do \
+		name=$${run%%:*}; flags=$$(echo $${run#*:} | tr , ' '); \
+		echo "== $$name: $$flags"; \
+		$(PYTHON) federated_learning.py --epochs 2 --lr 0.01 --data-dir $(DATA) $$flags \
+			--metrics-out results/$$name.json --plot results/$$name.png > results/$$name.log || exit 1; \
+	done
+	$(PYTHON) tools/results_table.py $(foreach run,$(EXPERIMENTS),results/$(firstword $(subst :, ,$(run))).json)
 
 venv: $(VENV)/.installed
 

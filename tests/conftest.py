@@ -5,6 +5,7 @@ test serves files from a local HTTP server on 127.0.0.1.
 """
 import gc
 import gzip
+import io
 import os
 import socket
 import struct
@@ -13,6 +14,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+import torch.optim as optim
+
+import federated_learning as fl
+from fl_tutorial import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "federated_learning.py")
@@ -80,6 +86,59 @@ def workers(session_workers):
     for worker in session_workers:
         worker.clear_objects()
     gc.collect()
+
+
+# --- instruments for the federated training tests ------------------------------------
+
+def peek(pointer):
+    """A local copy of what a pointer points to, read from the VirtualWorker's store: no message sent."""
+    return pointer.location.get_obj(pointer.child.id_at_location).clone()
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    """Instruments train()'s visits: checks where the model is, and records every batch.
+
+    Before each visit and after train() the model must be on the server. Each
+    batch is recorded with torch's RNG state (dropout draws from it), so plain
+    PyTorch can replay the very same steps.
+    """
+    log = {"visits": [], "batches": [], "model": None}
+    real_visits = fl.visits
+
+    def record(batches):
+        for data, target in batches:
+            assert type(data.child).__name__ == "PointerTensor"
+            log["batches"].append((data.location.id, peek(data), peek(target), torch.get_rng_state()))
+            yield data, target
+
+    def recording_visits(*args, **kwargs):
+        for worker, batches in real_visits(*args, **kwargs):
+            model = log["model"]
+            assert model.location is None, "model not back on the server before the next visit"
+            assert all(not hasattr(p, "child") for p in model.parameters())
+            log["visits"].append(worker.id)
+            yield worker, record(batches)
+
+    monkeypatch.setattr(fl, "visits", recording_visits)
+    return log
+
+
+def args_for(data_dir, *flags):
+    return fl.parse_args(["--data-dir", data_dir, "--lr", "0.05", "--log-interval", "1000000", *flags])
+
+
+def train_epochs(sy, args, model, workers, epochs):
+    federated, _ = fl.federated_mnist(args, tuple(workers))
+    loader = sy.FederatedDataLoader(federated, batch_size=64, shuffle=True)
+    optimizer = optim.SGD(model.parameters(), lr=args.lr)
+    for epoch in range(1, epochs + 1):
+        progress = report.Progress("Epoch", epoch, len(federated), args.log_interval, stream=io.StringIO())
+        if args.strategy == "fedavg":
+            fl.train_fedavg(args, model, torch.device("cpu"), loader, progress)
+        else:
+            fl.train(args, model, torch.device("cpu"), loader, optimizer, progress)
+    return loader
 
 
 def run_script(*args, env=None, python=None, timeout=600):

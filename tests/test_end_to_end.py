@@ -25,3 +25,26 @@ def test_two_epochs_learn_and_exit_cleanly(mnist_dir, tmp_path):
 
     model = SimpleCNN()
     model.load_state_dict(torch.load(model_path))
+
+
+def test_default_loop_gives_the_same_weights_as_the_course_loop(mnist_dir, tmp_path):
+    """--sync per-visit (default: fewer trips, one-slice batches, bulk transform) vs the course's loop."""
+    runs = {}
+    for sync in ("every-batch", "per-visit"):
+        path = str(tmp_path / (sync + ".pt"))
+        result = run_script("--epochs", "2", "--lr", "0.05", "--seed", "7", "--data-dir", mnist_dir,
+                            "--sync", sync, "--save-model", path, "--device", "cpu")
+        assert result.returncode == 0, result.stderr
+        assert_clean_exit(result)
+        runs[sync] = (torch.load(path), re.findall(r"Test set: .*", result.stdout))
+    (course, course_tests), (fast, fast_tests) = runs["every-batch"], runs["per-visit"]
+    assert fast_tests == course_tests and len(fast_tests) == 2
+    for name in course:
+        assert torch.allclose(fast[name], course[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_max_batches_stops_each_epoch_early(mnist_dir):
+    result = run_script("--epochs", "2", "--max-batches", "3", "--log-interval", "1", "--data-dir", mnist_dir)
+    assert result.returncode == 0, result.stderr
+    assert len(re.findall(r"Train Epoch: 1 ", result.stdout)) == 3
+    assert len(re.findall(r"Train Epoch: 2 ", result.stdout)) == 3

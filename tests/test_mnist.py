@@ -8,6 +8,7 @@ import shutil
 import threading
 
 import pytest
+import torch
 from torchvision import datasets
 
 from conftest import assert_clean_exit, run_script, write_mnist
@@ -166,3 +167,13 @@ def test_script_without_data_and_without_network_explains_what_to_do(mirror, tmp
     assert "404" in result.stderr
     assert "MNIST in {} is missing or damaged. Put the four files".format(raw) in result.stderr
     assert_clean_exit(result)
+
+
+def test_bulk_normalisation_is_bit_identical_to_torchvision_per_image(mnist_dir):
+    mnist.ensure(mnist_dir)
+    images, labels = mnist.normalized(mnist_dir)
+    per_image = datasets.MNIST(mnist_dir, train=True, transform=mnist.TRANSFORM)
+    assert images.shape == (640, 1, 28, 28)
+    for i in range(len(per_image)):
+        image, label = per_image[i]
+        assert torch.equal(images[i], image) and int(labels[i]) == label

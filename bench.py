@@ -1,0 +1,212 @@
+"""Speed benchmark: plain PyTorch, the course's federated loop, and this project's default loop.
+
+    make bench ARGS="--data-dir DIR"                    one full epoch each (~10 min on 2 cores)
+    make bench ARGS="--data-dir DIR --max-batches 100"  a quick look
+
+Each loop runs in its own process, on the same data and settings, so that its
+time and peak memory are its own. Prints a markdown table.
+"""
+import argparse
+import ast
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+from fl_tutorial.cli import positive_float, positive_int
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOOPS = {
+    "plain": "(a) plain PyTorch",
+    "plain-tensors": "(a2) plain PyTorch, pre-normalised tensors",
+    "every-batch": "(b) course loop, `--sync every-batch`",
+    "per-visit": "(c) default loop, `--sync per-visit`",
+}
+
+
+def simple_cnn_without_syft():
+    """SimpleCNN from federated_learning.py's source, so that plain PyTorch runs without importing syft."""
+    import torch.nn as nn
+
+    with open(os.path.join(HERE, "federated_learning.py")) as f:
+        tree = ast.parse(f.read())
+    (node,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SimpleCNN"]
+    namespace = {"nn": nn}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), "federated_learning.py", "exec"), namespace)
+    return namespace["SimpleCNN"]
+
+
+def run_plain(args, pre_normalised=False):
+    """The PyTorch MNIST example's loop with SimpleCNN, the same seed and SGD settings.
+
+    pre_normalised feeds it the tensors the default federated loop uses (no
+    per-image transform), to compare the training loops like for like.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torchvision import datasets
+
+    from fl_tutorial import mnist
+
+    torch.manual_seed(args.seed)
+    if pre_normalised:
+        train_set = torch.utils.data.TensorDataset(*mnist.normalized(args.data_dir))
+    else:
+        train_set = datasets.MNIST(args.data_dir, train=True, transform=mnist.TRANSFORM)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
+    model = simple_cnn_without_syft()()
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    start, batches = time.perf_counter(), 0
+    model.train()
+    for data, target in train_loader:
+        optimizer.zero_grad()
+        F.cross_entropy(model(data), target).backward()
+        optimizer.step()
+        batches += 1
+        if batches == args.max_batches:
+            break
+    train_s = time.perf_counter() - start
+    return {"federate_s": None, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model)}
+
+
+def run_federated(args, sync):
+    """main() of federated_learning.py, step by step, with timers around steps 2 and 6."""
+    import torch
+    import torch.optim as optim
+
+    import federated_learning as fl
+    from fl_tutorial import report
+
+    script_args = fl.parse_args(["--sync", sync, "--data-dir", args.data_dir, "--lr", str(args.lr),
+                                 "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+                                 "--log-interval", str(10 ** 9)]
+                                + (["--max-batches", str(args.max_batches)] if args.max_batches else []))
+    torch.manual_seed(script_args.seed)
+    hook = fl.sy.TorchHook(torch)
+    workers = (fl.sy.VirtualWorker(hook, id="client1"), fl.sy.VirtualWorker(hook, id="client2"))
+    start = time.perf_counter()
+    federated, _ = fl.federated_mnist(script_args, workers)
+    federate_s = time.perf_counter() - start
+    loader = fl.sy.FederatedDataLoader(federated, batch_size=script_args.batch_size, shuffle=True)
+    model = fl.SimpleCNN()
+    optimizer = optim.SGD(model.parameters(), lr=script_args.lr)
+    start = time.perf_counter()
+    progress = report.Progress("Epoch", 1, len(federated), 10 ** 9, stream=open(os.devnull, "w"))
+    fl.train(script_args, model, torch.device("cpu"), loader, optimizer, progress)
+    train_s = time.perf_counter() - start
+    batches = min(len(loader), args.max_batches or len(loader))
+    return {"federate_s": federate_s, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model)}
+
+
+def evaluate(args, model):
+    import contextlib
+
+    import torch
+    from torchvision import datasets
+
+    from fl_tutorial import mnist
+
+    loader = torch.utils.data.DataLoader(
+        datasets.MNIST(args.data_dir, train=False, transform=mnist.TRANSFORM), batch_size=1000)
+    model.eval()
+    correct = 0
+    with torch.no_grad(), contextlib.redirect_stdout(None):
+        for data, target in loader:
+            correct += (model(data).argmax(dim=1) == target).sum().item()
+    return correct / len(loader.dataset)
+
+
+def child(args):
+    """One loop, in this process; prints its measurements as one JSON line."""
+    if args.child.startswith("plain"):
+        result = run_plain(args, pre_normalised=args.child == "plain-tensors")
+    else:
+        result = run_federated(args, args.child)
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def measure(args, loop):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", loop, "--data-dir", args.data_dir,
+           "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    if args.max_batches:
+        cmd += ["--max-batches", str(args.max_batches)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    run_s = time.perf_counter() - start
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        sys.exit("error: the {} loop failed:\n{}".format(loop, done.stderr.strip()[-2000:]))
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["run_s"] = run_s
+    return result
+
+
+def versions():
+    from fl_tutorial.env import installed_version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return "{}, {} cores; {} {}; Python {}, torch {}, syft {}".format(
+        cpu, os.cpu_count(), platform.system(), platform.release(), platform.python_version(),
+        installed_version("torch"), installed_version("syft"))
+
+
+def table(results, args):
+    plain = results["plain"]
+    rows = [
+        "| loop | federate s | ms / batch | epoch s | run s | test acc. | peak MB | ms / batch vs (a) | run vs (a) | memory vs (a) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for loop, r in results.items():
+        ms = 1000 * r["train_s"] / r["batches"]
+        plain_ms = 1000 * plain["train_s"] / plain["batches"]
+        rows.append("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.2%} | {:.0f} | {:.2f}x | {:.2f}x | {:.2f}x |".format(
+            LOOPS[loop], "-" if r["federate_s"] is None else "{:.1f}".format(r["federate_s"]), ms, r["train_s"],
+            r["run_s"], r["accuracy"], r["peak_mb"], ms / plain_ms, r["run_s"] / plain["run_s"],
+            r["peak_mb"] / plain["peak_mb"]))
+    batches = plain["batches"]
+    header = "{} batches of {} (seed {}, lr {}); {}.".format(batches, args.batch_size, args.seed, args.lr, versions())
+    return header + "\n\n" + "\n".join(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw (default: ./data)")
+    parser.add_argument("--max-batches", type=positive_int, help="train on the first N batches only")
+    parser.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate (default: 0.01)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default: 64)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    parser.add_argument("--loops", nargs="+", choices=list(LOOPS), default=list(LOOPS),
+                        help="which loops to run (default: all; plain is always run, as the reference)")
+    parser.add_argument("--child", choices=list(LOOPS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    from fl_tutorial.env import check_stack
+
+    check_stack()
+    from fl_tutorial import mnist
+
+    try:
+        mnist.ensure(args.data_dir)  # once, outside the timings
+    except mnist.DataError as error:
+        sys.exit("error: {}".format(error))
+    loops = ["plain"] + [loop for loop in LOOPS if loop in args.loops and loop != "plain"]
+    results = {}
+    for loop in loops:
+        print("running {} ...".format(LOOPS[loop]), file=sys.stderr, flush=True)
+        results[loop] = measure(args, loop)
+    print(table(results, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""What a run reports: progress while training, a metrics file, and a plot.
+
+On a terminal, progress is a tqdm bar with the current worker and loss; when
+the output goes to a file or a pipe, it is the course's log lines instead.
+"""
+import json
+import sys
+
+from tqdm import tqdm
+
+from fl_tutorial.files import atomic_write
+
+
+class Progress:
+    """One epoch (or FedAvg round) of training: shows progress, averages each client's loss."""
+
+    def __init__(self, label, epoch, total, log_interval, stream=None):
+        self.label, self.epoch, self.total, self.log_interval = label, epoch, total, log_interval
+        self.stream = stream or sys.stdout
+        self.seen = self.batches = 0
+        self.loss_sums, self.loss_counts = {}, {}
+        self.bar = None
+        if self.stream.isatty():
+            self.bar = tqdm(total=total, unit="img", desc="{} {}".format(label, epoch),
+                            file=self.stream, dynamic_ncols=True, leave=False)
+
+    def update(self, worker_id, n, loss):
+        """A batch of n samples was trained on `worker_id` with this loss."""
+        self.loss_sums[worker_id] = self.loss_sums.get(worker_id, 0.0) + loss * n
+        self.loss_counts[worker_id] = self.loss_counts.get(worker_id, 0) + n
+        self.seen += n
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(worker=worker_id, loss="{:.4f}".format(loss))
+        elif self.batches % self.log_interval == 0:
+            print("Train {}: {} [{}/{} ({:.0f}%)]\tWorker: {}\tLoss: {:.6f}".format(
+                self.label, self.epoch, self.seen, self.total, 100.0 * self.seen / self.total,
+                worker_id, loss), file=self.stream, flush=True)
+        self.batches += 1
+
+    def client_losses(self):
+        """Mean training loss per client over this epoch."""
+        return {w: self.loss_sums[w] / self.loss_counts[w] for w in self.loss_sums}
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Metrics:
+    """The run's history; written after every epoch so an interrupted run keeps what it finished."""
+
+    def __init__(self, config, partition, path=None, plot_path=None):
+        self.path, self.plot_path = path, plot_path
+        self.data = {"config": config, "partition": partition, "epochs": []}
+
+    def add(self, record):
+        self.data["epochs"].append(record)
+        if self.path:
+            atomic_write(self.path, lambda f: f.write(json.dumps(self.data, indent=2).encode()))
+        if self.plot_path:
+            plot(self.data, self.plot_path)
+
+
+def plot(data, path):
+    """Test accuracy and test loss against epoch (or round), for a report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config = data["config"]
+    x_label = "round" if config.get("strategy") == "fedavg" else "epoch"
+    epochs = [e["epoch"] for e in data["epochs"]]
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    acc_ax.plot(epochs, [100 * e["test_accuracy"] for e in data["epochs"]], marker="o")
+    acc_ax.set(xlabel=x_label, ylabel="test accuracy (%)", title="Test accuracy")
+    loss_ax.plot(epochs, [e["test_loss"] for e in data["epochs"]], marker="o", color="tab:red")
+    loss_ax.set(xlabel=x_label, ylabel="test loss (cross-entropy)", title="Test loss")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle("{} clients, {}, {} (lr {})".format(
+        config.get("num_clients"), config.get("partition"), config.get("strategy"), config.get("lr")))
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
