@@ -28,6 +28,25 @@ from fl_tutorial.batches import visits  # noqa: E402
 from fl_tutorial.cli import positive_float, positive_int  # noqa: E402
 
 
+def federated_mnist(args, workers):
+    """Step 2: split MNIST's training set across the clients and send each its share."""
+    if args.sync == "every-batch":  # the course: torchvision transforms image by image (~16 s)
+        train_set = datasets.MNIST(args.data_dir, train=True, transform=mnist.TRANSFORM)
+        shares = partition.like_federate(len(train_set), len(workers))
+        return train_set.federate(workers), shares  # <-- federated
+    images, labels = mnist.normalized(args.data_dir)  # the same tensors, made at once (~2.5 s)
+    if args.partition == "iid":
+        shares = partition.like_federate(len(labels), len(workers))
+        return sy.BaseDataset(images, labels).federate(workers), shares  # <-- federated
+    if args.dirichlet_alpha is not None:
+        shares = partition.dirichlet(labels.numpy(), len(workers), args.dirichlet_alpha, args.seed)
+    else:
+        shares = partition.shards(labels.numpy(), len(workers), args.shards_per_client, args.seed)
+    return sy.FederatedDataset([  # <-- federated: one dataset per client, sent to it
+        sy.BaseDataset(images[idx].send(worker), labels[idx].send(worker))
+        for worker, idx in zip(workers, map(torch.from_numpy, shares))]), shares
+
+
 class SimpleCNN(nn.Module):
     """Two conv blocks and three dense layers; returns logits (1,715,594 parameters)."""
 
@@ -96,25 +115,6 @@ def federated_average(updates):
     """The weights of all copies, averaged with each client's share of the samples as weight."""
     total = sum(n for n, _ in updates)
     return {name: sum(state[name] * (n / total) for n, state in updates) for name in updates[0][1]}
-
-
-def federated_mnist(args, workers):
-    """Step 2: split MNIST's training set across the clients and send each its share."""
-    if args.sync == "every-batch":  # the course: torchvision transforms image by image (~17 s)
-        train_set = datasets.MNIST(args.data_dir, train=True, transform=mnist.TRANSFORM)
-        shares = partition.like_federate(len(train_set), len(workers))
-        return train_set.federate(workers), shares  # <-- federated
-    images, labels = mnist.normalized(args.data_dir)  # the same tensors, made at once (~2 s)
-    if args.partition == "iid":
-        shares = partition.like_federate(len(labels), len(workers))
-        return sy.BaseDataset(images, labels).federate(workers), shares  # <-- federated
-    if args.dirichlet_alpha is not None:
-        shares = partition.dirichlet(labels.numpy(), len(workers), args.dirichlet_alpha, args.seed)
-    else:
-        shares = partition.shards(labels.numpy(), len(workers), args.shards_per_client, args.seed)
-    return sy.FederatedDataset([  # <-- federated: one dataset per client, sent to it
-        sy.BaseDataset(images[idx].send(worker), labels[idx].send(worker))
-        for worker, idx in zip(workers, map(torch.from_numpy, shares))]), shares
 
 
 def test(model, device, test_loader):

@@ -124,6 +124,22 @@ def recorder(monkeypatch):
     return log
 
 
+def replay_in_plain_pytorch(initial_state, batches, lr=0.05):
+    """Plain PyTorch SGD over the recorded batches, each with the RNG state it had; returns the weights."""
+    import torch.nn.functional as F
+
+    plain = fl.SimpleCNN()
+    plain.load_state_dict(initial_state)
+    plain.train()
+    optimizer = optim.SGD(plain.parameters(), lr=lr)
+    for _, data, target, rng_state in batches:
+        torch.set_rng_state(rng_state)
+        optimizer.zero_grad()
+        F.cross_entropy(plain(data), target).backward()
+        optimizer.step()
+    return plain.state_dict()
+
+
 def args_for(data_dir, *flags):
     return fl.parse_args(["--data-dir", data_dir, "--lr", "0.05", "--log-interval", "1000000", *flags])
 

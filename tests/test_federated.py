@@ -1,13 +1,10 @@
 """The federated run does what the tutorial says, and computes what plain PyTorch computes."""
-
 import pytest
 import torch
-import torch.nn.functional as F
-import torch.optim as optim
 from torchvision import datasets
 
 import federated_learning as fl
-from conftest import args_for, train_epochs
+from conftest import args_for, replay_in_plain_pytorch, train_epochs
 from fl_tutorial import mnist
 
 
@@ -48,22 +45,12 @@ def test_federated_training_equals_plain_pytorch(sy, mnist_dir, workers, recorde
     mnist.ensure(mnist_dir)
     torch.manual_seed(0)
     model = recorder["model"] = fl.SimpleCNN()
-    plain = fl.SimpleCNN()
-    plain.load_state_dict(model.state_dict())
     start = {k: v.clone() for k, v in model.state_dict().items()}
 
     train_epochs(sy, args_for(mnist_dir, "--sync", sync), model, workers, epochs=2)
 
-    plain.train()
-    plain_optimizer = optim.SGD(plain.parameters(), lr=0.05)
-    for _, data, target, rng_state in recorder["batches"]:
-        torch.set_rng_state(rng_state)
-        plain_optimizer.zero_grad()
-        F.cross_entropy(plain(data), target).backward()
-        plain_optimizer.step()
-
     assert len(recorder["batches"]) == 20
-    federated, reference = model.state_dict(), plain.state_dict()
+    federated, reference = model.state_dict(), replay_in_plain_pytorch(start, recorder["batches"])
     for name in reference:
         assert not torch.equal(federated[name], start[name]), name + " did not train"
         assert torch.allclose(federated[name], reference[name], rtol=1e-5, atol=1e-6), name
