@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.optim as optim
 
 import federated_learning as fl
@@ -126,8 +127,6 @@ def recorder(monkeypatch):
 
 def replay_in_plain_pytorch(initial_state, batches, lr=0.05):
     """Plain PyTorch SGD over the recorded batches, each with the RNG state it had; returns the weights."""
-    import torch.nn.functional as F
-
     plain = fl.SimpleCNN()
     plain.load_state_dict(initial_state)
     plain.train()
