@@ -5,6 +5,8 @@
 #   make venv                                only build the environment
 #   make bench ARGS="--max-batches 100"      the speed benchmark (see README)
 #   make experiments DATA=./data             the README's experiments table (~40 min)
+#   make notebook                            Jupyter on federated_learning.ipynb
+#   make course COURSE=../PySyft             run PySyft 0.2.6's course, Parts 01-12 bis (see README)
 
 VENV    := .venv
 PYTHON  := $(VENV)/bin/python
@@ -13,7 +15,7 @@ ARGS    ?=
 # pip stays at 24.0: pip 24.1+ rejects syft 0.2.6's wheel metadata as invalid.
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
-.PHONY: run test venv bench experiments clean
+.PHONY: run test venv bench experiments notebook course clean
 
 run: venv
 	$(PYTHON) federated_learning.py $(ARGS)
@@ -44,21 +46,34 @@ experiments: venv
 	done
 	$(PYTHON) tools/results_table.py $(foreach run,$(EXPERIMENTS),results/$(firstword $(subst :, ,$(run))).json)
 
+# Jupyter on the tutorial notebook, in .venv; every PySyft course notebook opens there too.
+# Jupyter refuses to run as root unless told, as in a container: then it is told.
+notebook: venv
+	$(VENV)/bin/jupyter notebook federated_learning.ipynb $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(ARGS)
+
+# PySyft 0.2.6's own course (a checkout of OpenMined/PySyft at tag v0.2.6), run as its CI ran it.
+COURSE ?=
+course: venv
+	$(PYTHON) tools/run_course.py $(COURSE) $(ARGS)
+
 venv: $(VENV)/.installed
 
 # --no-deps: requirements.txt is the complete set. Without it pip would chase
 # syft's aiortc -> PyAV 8 dependency, which no longer builds (README, "WebRTC").
-$(VENV)/.installed: requirements.txt
+# Then this project's own package: fl_tutorial and the start-up hook that lets every
+# process of .venv `import syft` and download MNIST (README, "The course").
+$(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard fl_tutorial/*.py)
 	@python=$$(sh tools/find-python38.sh) || exit 1; \
 	if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 8))' 2>/dev/null; then \
 		echo "Creating $(VENV) with $$python"; rm -rf $(VENV); "$$python" -m venv $(VENV) || exit 1; \
 	fi; \
 	$(PYTHON) -m pip install --quiet $(BOOTSTRAP) \
 	&& $(PYTHON) -m pip install --no-deps -r requirements.txt \
+	&& rm -rf build && $(PYTHON) -m pip install --quiet --no-deps --no-build-isolation . \
 	|| { echo >&2; echo "error: installing the pinned packages into $(VENV) failed (pip's message is above)." >&2; \
 	     echo "It needs access to PyPI (torch 1.4.0 is a 750 MB wheel) and a C compiler with Python 3.8 headers for psutil." >&2; \
 	     echo "Fix the cause and run make again; it picks up where it stopped." >&2; exit 1; }
 	@touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build fl_tutorial.egg-info

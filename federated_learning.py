@@ -137,6 +137,36 @@ def test(model, device, test_loader):
     return test_loss, correct / n, (per_class / per_class_total.clamp(min=1)).tolist()
 
 
+def server_test_loader(args):
+    """The test set stays on the server, read as in the PyTorch MNIST example."""
+    return torch.utils.data.DataLoader(
+        datasets.MNIST(args.data_dir, train=False, transform=mnist.TRANSFORM),
+        batch_size=args.test_batch_size, shuffle=False)
+
+
+def describe_clients(args, shares, workers):
+    """Each client's sample count and label histogram, for the table at start and the metrics."""
+    return partition.describe(datasets.MNIST(args.data_dir, train=True).targets.numpy(), shares,
+                              [w.id for w in workers])
+
+
+def run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics):
+    """Step 6 for one epoch (with FedAvg, one round): train on the clients, test on the server, record."""
+    start = time.time()
+    fedavg = args.strategy == "fedavg"
+    samples = len(federated_train_loader.federated_dataset) * (args.local_epochs if fedavg else 1)
+    progress = report.Progress("Round" if fedavg else "Epoch", epoch, samples, args.log_interval)
+    if fedavg:
+        train_fedavg(args, model, device, federated_train_loader, progress)
+    else:
+        train(args, model, device, federated_train_loader, optimizer, progress)
+    progress.close()
+    test_loss, accuracy, per_class = test(model, device, test_loader)
+    metrics.add({"epoch": epoch, "train_loss": progress.client_losses(), "test_loss": test_loss,
+                 "test_accuracy": accuracy, "test_accuracy_per_class": per_class,
+                 "seconds": time.time() - start})
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description="PySyft 0.2.x federated learning on MNIST")
     parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
@@ -220,11 +250,8 @@ def main(argv=None):
         build_parser().error(str(error))
     federated_train_loader = sy.FederatedDataLoader(  # <-- federated
         federated_train_set, batch_size=args.batch_size, shuffle=True)
-    test_loader = torch.utils.data.DataLoader(
-        datasets.MNIST(args.data_dir, train=False, transform=mnist.TRANSFORM),
-        batch_size=args.test_batch_size, shuffle=False)
-    clients = partition.describe(datasets.MNIST(args.data_dir, train=True).targets.numpy(), shares,
-                                 [w.id for w in workers])
+    test_loader = server_test_loader(args)
+    clients = describe_clients(args, shares, workers)
     print(partition.table(clients) + "\n", flush=True)
 
     # Step 3: build the model.
@@ -233,20 +260,8 @@ def main(argv=None):
 
     # Step 6: train and test (steps 4 and 5 happen for every visit to a client, inside training).
     metrics = report.Metrics(vars(args), clients, args.metrics_out, args.plot)
-    label = "Round" if args.strategy == "fedavg" else "Epoch"
-    samples = len(federated_train_set) * (args.local_epochs if args.strategy == "fedavg" else 1)
     for epoch in range(1, args.epochs + 1):
-        start = time.time()
-        progress = report.Progress(label, epoch, samples, args.log_interval)
-        if args.strategy == "fedavg":
-            train_fedavg(args, model, device, federated_train_loader, progress)
-        else:
-            train(args, model, device, federated_train_loader, optimizer, progress)
-        progress.close()
-        test_loss, accuracy, per_class = test(model, device, test_loader)
-        metrics.add({"epoch": epoch, "train_loss": progress.client_losses(), "test_loss": test_loss,
-                     "test_accuracy": accuracy, "test_accuracy_per_class": per_class,
-                     "seconds": time.time() - start})
+        run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics)
 
     if args.save_model:
         torch.save(model.state_dict(), args.save_model)

@@ -17,10 +17,10 @@ REQUIRED_PYTHON = (3, 8)
 REQUIRED = {"torch": "1.4.0", "torchvision": "0.5.0", "syft": "0.2.6"}
 
 FIX = (
-    "To fix it, from the project folder run `make run` (it builds .venv with\n"
-    "CPython 3.8 and the pinned packages), or follow the conda route in README.md.\n"
-    "In a Python 3.8 environment of your own:\n"
-    "    python -m pip install --no-deps -r requirements.txt"
+    "To fix it, from the project folder run `make run`: it builds .venv with CPython 3.8\n"
+    "and the pinned packages (`make clean run` rebuilds a damaged one). Or follow the\n"
+    "conda route in README.md. In a Python 3.8 environment of your own:\n"
+    "    python -m pip install --no-deps -r requirements.txt && python -m pip install --no-deps ."
 )
 
 
@@ -102,23 +102,38 @@ def _webrtc_unavailable(*args, **kwargs):
     _WebRTCUnavailable()
 
 
+_PLACEHOLDER = {}
+
+
+def aiortc_placeholder():
+    """The stand-in modules aiortc, aiortc.contrib and aiortc.contrib.signaling (made once)."""
+    if not _PLACEHOLDER:
+        aiortc = types.ModuleType("aiortc")
+        contrib = types.ModuleType("aiortc.contrib")
+        signaling = types.ModuleType("aiortc.contrib.signaling")
+        aiortc.RTCPeerConnection = aiortc.RTCSessionDescription = _WebRTCUnavailable
+        signaling.CopyAndPasteSignaling = _WebRTCUnavailable
+        signaling.object_to_string = signaling.object_from_string = _webrtc_unavailable
+        aiortc.contrib, contrib.signaling = contrib, signaling
+        aiortc.fl_tutorial_placeholder = True
+        _PLACEHOLDER.update(
+            {"aiortc": aiortc, "aiortc.contrib": contrib, "aiortc.contrib.signaling": signaling}
+        )
+    return _PLACEHOLDER
+
+
 def provide_aiortc_placeholder():
-    """Let `import syft` succeed without aiortc; the real aiortc is used whenever it imports."""
+    """Let `import syft` succeed without aiortc; the real aiortc is used whenever it imports.
+
+    In the course environment the start-up hook (fl_tutorial/startup.py) already
+    supplies the stand-in; this covers a plain `pip install -r requirements.txt`.
+    """
     try:
         import aiortc  # noqa: F401  (present, with a working PyAV: nothing to do)
         return False
     except ImportError:
         pass
-    aiortc = types.ModuleType("aiortc")
-    contrib = types.ModuleType("aiortc.contrib")
-    signaling = types.ModuleType("aiortc.contrib.signaling")
-    aiortc.RTCPeerConnection = aiortc.RTCSessionDescription = _WebRTCUnavailable
-    signaling.CopyAndPasteSignaling = _WebRTCUnavailable
-    signaling.object_to_string = signaling.object_from_string = _webrtc_unavailable
-    aiortc.contrib, contrib.signaling = contrib, signaling
-    sys.modules.update(
-        {"aiortc": aiortc, "aiortc.contrib": contrib, "aiortc.contrib.signaling": signaling}
-    )
+    sys.modules.update(aiortc_placeholder())
     return True
 
 
@@ -140,11 +155,23 @@ def _release_pointers_at_exit():
                 obj.garbage_collect_data = False
 
 
+def _import_failure(error):
+    """One sentence for a syft that is installed but fails to import."""
+    missing = getattr(error, "name", None) if isinstance(error, ImportError) else None
+    if missing:
+        return ("syft 0.2.6 is installed but cannot be imported: the module {!r} it needs "
+                "is missing or broken ({}: {}).".format(missing, type(error).__name__, error))
+    return "syft 0.2.6 is installed but cannot be imported ({}: {}).".format(type(error).__name__, error)
+
+
 def import_syft():
     """Check the stack, then return the real, unmodified syft 0.2.6 module."""
     check_stack()
     provide_aiortc_placeholder()
-    import syft
+    try:
+        import syft
+    except Exception as error:  # a dependency missing or broken: name it, no traceback
+        raise StackError([_import_failure(error)]) from None
 
     atexit.register(_release_pointers_at_exit)
 

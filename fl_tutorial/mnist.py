@@ -5,8 +5,8 @@ MNIST, and it rejects re-compressed but otherwise identical .gz files because it
 checks the .gz MD5. So we fetch and check the raw files ourselves and write the
 `processed/*.pt` files that `torchvision.datasets.MNIST(root, download=False)` reads.
 
-Downloads are checked against the MD5 of the original .gz files and written
-atomically (`*.part`, then rename). Files already on disk are checked by
+Downloads are checked against the MD5 of the original files' content and
+written atomically (`*.part`, then rename). Files already on disk are checked by
 structure (IDX magic number, shape, sizes, label range), so a re-compressed
 copy or a small generated test set works offline too.
 """
@@ -15,6 +15,7 @@ import hashlib
 import os
 import struct
 import urllib.request
+import zlib
 
 import numpy as np
 import torch
@@ -28,12 +29,14 @@ DEFAULT_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-# File name -> MD5 of the original .gz download.
-GZ_MD5 = {
-    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+# File name -> MD5 of the original file's content (uncompressed). Checking the content
+# rather than the .gz lets a mirror re-compress the files (a classroom server) and
+# still be verified; an original .gz passes, since it unpacks to exactly this content.
+RAW_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 SPLITS = {  # processed file -> (images, labels), as torchvision 0.5.0 names them
     "training.pt": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -46,7 +49,7 @@ TRANSFORM = transforms.Compose(
 IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension, images: 3
 
 
-class DataError(Exception):
+class DataError(RuntimeError):
     """MNIST is missing or damaged and cannot be fetched; the message says what to do."""
 
 
@@ -54,8 +57,8 @@ def configured_mirrors():
     return tuple(os.environ.get("MNIST_MIRRORS", "").split()) or DEFAULT_MIRRORS
 
 
-def download(name, raw_dir, mirrors, md5=GZ_MD5, timeout=60):
-    """Fetch `name`.gz from the first mirror that serves it with the right MD5; return its path."""
+def download(name, raw_dir, mirrors, md5=RAW_MD5, timeout=60):
+    """Fetch `name`.gz from the first mirror whose file unpacks to the right MD5; return its path."""
     target = os.path.join(raw_dir, name + ".gz")
     failures = []
     for mirror in mirrors:
@@ -67,9 +70,13 @@ def download(name, raw_dir, mirrors, md5=GZ_MD5, timeout=60):
         except Exception as error:  # HTTP errors, refused connections, truncated bodies
             failures.append("{}: {}".format(url, error))
             continue
-        digest = hashlib.md5(payload).hexdigest()
+        try:
+            digest = hashlib.md5(gzip.decompress(payload)).hexdigest()
+        except (OSError, EOFError, zlib.error) as error:
+            failures.append("{}: not a valid .gz file ({})".format(url, error))
+            continue
         if digest != md5[name]:
-            failures.append("{}: MD5 {} does not match {}".format(url, digest, md5[name]))
+            failures.append("{}: MD5 {} of its content does not match {}".format(url, digest, md5[name]))
             continue
         atomic_write(target, lambda out: out.write(payload))
         return target
@@ -112,7 +119,7 @@ def _load_split(images_path, labels_path):
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 
-def ensure(root, mirrors=None, md5=GZ_MD5):
+def ensure(root, mirrors=None, md5=RAW_MD5):
     """Make `root` ready for `torchvision.datasets.MNIST(root, download=False)`.
 
     Raises DataError with a message that names the folder and says how to fill it.
@@ -125,13 +132,13 @@ def ensure(root, mirrors=None, md5=GZ_MD5):
             "{}\n\nMNIST in {} is missing or damaged. Put the four files {} there "
             "(copied from any machine that has them), or remove the damaged ones and "
             "run again with network access.".format(
-                error, os.path.abspath(raw_dir), ", ".join(n + ".gz" for n in GZ_MD5)
+                error, os.path.abspath(raw_dir), ", ".join(n + ".gz" for n in RAW_MD5)
             )
         ) from None
 
 
 def _prepare(raw_dir, processed_dir, mirrors, md5):
-    paths = {name: _find_local(raw_dir, name) or download(name, raw_dir, mirrors, md5) for name in GZ_MD5}
+    paths = {name: _find_local(raw_dir, name) or download(name, raw_dir, mirrors, md5) for name in RAW_MD5}
     newest_raw = max(os.path.getmtime(p) for p in paths.values())
     for processed, (images_name, labels_name) in SPLITS.items():
         out = os.path.join(processed_dir, processed)

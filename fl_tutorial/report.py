@@ -1,7 +1,8 @@
 """What a run reports: progress while training, a metrics file, and a plot.
 
-On a terminal, progress is a tqdm bar with the current worker and loss; when
-the output goes to a file or a pipe, it is the course's log lines instead.
+On a terminal, progress is a tqdm bar with the current worker and loss; in
+Jupyter it is tqdm's notebook widget; when the output goes to a file or a pipe,
+it is the course's log lines instead.
 """
 import json
 import sys
@@ -20,9 +21,13 @@ class Progress:
         self.seen = self.batches = 0
         self.loss_sums, self.loss_counts = {}, {}
         self.bar = None
-        if self.stream.isatty():
-            self.bar = tqdm(total=total, unit="img", desc="{} {}".format(label, epoch),
-                            file=self.stream, dynamic_ncols=True, leave=False)
+        desc = "{} {}".format(label, epoch)
+        if self.stream is sys.stdout and in_jupyter():
+            from tqdm.notebook import tqdm as notebook_tqdm
+
+            self.bar = notebook_tqdm(total=total, unit="img", desc=desc, leave=True)
+        elif self.stream.isatty():
+            self.bar = tqdm(total=total, unit="img", desc=desc, file=self.stream, dynamic_ncols=True, leave=False)
 
     def update(self, worker_id, n, loss):
         """A batch of n samples was trained on `worker_id` with this loss."""
@@ -47,6 +52,12 @@ class Progress:
             self.bar.close()
 
 
+def in_jupyter():
+    """True inside a Jupyter kernel (a notebook, or papermill running one)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 class Metrics:
     """The run's history; written after every epoch so an interrupted run keeps what it finished."""
 
@@ -62,28 +73,47 @@ class Metrics:
             plot(self.data, self.plot_path)
 
 
-def plot(data, path):
-    """Test accuracy and test loss against epoch (or round), for a report."""
-    import matplotlib
+MAX_LEGEND_CLIENTS = 10
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    config = data["config"]
+def figure(data):
+    """Test accuracy, test loss and each client's training loss against epoch (or round).
+
+    A plain matplotlib Figure, without pyplot: it leaves the caller's backend alone
+    (Jupyter's inline one, say) and needs no closing. Jupyter shows it as the cell's value.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    config, epochs = data["config"], data["epochs"]
     x_label = "round" if config.get("strategy") == "fedavg" else "epoch"
-    epochs = [e["epoch"] for e in data["epochs"]]
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    acc_ax.plot(epochs, [100 * e["test_accuracy"] for e in data["epochs"]], marker="o")
+    xs = [e["epoch"] for e in epochs]
+    fig = Figure(figsize=(15, 4))
+    acc_ax, loss_ax, train_ax = fig.subplots(1, 3)
+    acc_ax.plot(xs, [100 * e["test_accuracy"] for e in epochs], marker="o")
     acc_ax.set(xlabel=x_label, ylabel="test accuracy (%)", title="Test accuracy")
-    loss_ax.plot(epochs, [e["test_loss"] for e in data["epochs"]], marker="o", color="tab:red")
+    loss_ax.plot(xs, [e["test_loss"] for e in epochs], marker="o", color="tab:red")
     loss_ax.set(xlabel=x_label, ylabel="test loss (cross-entropy)", title="Test loss")
-    for ax in (acc_ax, loss_ax):
+    clients = [c["client"] for c in data.get("partition", [])] or sorted({w for e in epochs for w in e["train_loss"]})
+    for client in clients:
+        points = [(e["epoch"], e["train_loss"][client]) for e in epochs if client in e["train_loss"]]
+        if points:
+            train_ax.plot(*zip(*points), marker=".", label=client)
+    train_ax.set(xlabel=x_label, ylabel="training loss (cross-entropy)", title="Training loss per client")
+    if 0 < len(clients) <= MAX_LEGEND_CLIENTS:
+        train_ax.legend(fontsize="small")
+    for ax in (acc_ax, loss_ax, train_ax):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and rounds are whole numbers
+        if len(xs) == 1:
+            ax.set_xticks(xs)
     fig.suptitle("{} clients, {}, {} (lr {})".format(
         config.get("num_clients"), config.get("partition"), config.get("strategy"), config.get("lr")))
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
+    return fig
+
+
+def plot(data, path):
+    """Save figure(data) as a PNG at path, atomically."""
+    fig = figure(data)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))

@@ -5,12 +5,15 @@ test serves files from a local HTTP server on 127.0.0.1.
 """
 import gc
 import gzip
+import hashlib
+import http.server
 import io
 import os
 import socket
 import struct
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 import torch.optim as optim
 
 import federated_learning as fl
-from fl_tutorial import report
+from fl_tutorial import mnist, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "federated_learning.py")
@@ -87,6 +90,65 @@ def workers(session_workers):
     for worker in session_workers:
         worker.clear_objects()
     gc.collect()
+
+
+# --- a local MNIST mirror for the download tests -----------------------------------
+
+NAMES = list(mnist.RAW_MD5)
+
+
+def corrupt(payload):
+    return payload[:100] + bytes([payload[100] ^ 0xFF]) + payload[101:]
+
+
+class Mirror:
+    """A local HTTP server; `files` maps a URL path to (bytes, mode): mode 'ok' or 'truncate'."""
+
+    def __init__(self):
+        self.files, self.requests = {}, []
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                mirror.requests.append(self.path)
+                if self.path not in mirror.files:
+                    self.send_error(404)
+                    return
+                payload, mode = mirror.files[self.path]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                # 'truncate' drops the connection halfway, as an interrupted download does.
+                self.wfile.write(payload if mode == "ok" else payload[: len(payload) // 2])
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, folder):
+        return "http://127.0.0.1:{}/{}/".format(self.server.server_address[1], folder)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirror():
+    server = Mirror()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def gz_files(tmp_path_factory):
+    """The generated MNIST .gz files and the MD5s of their content, standing in for the real ones."""
+    raw = os.path.join(write_mnist(tmp_path_factory.mktemp("source")), "MNIST", "raw")
+    payloads = {n: open(os.path.join(raw, n + ".gz"), "rb").read() for n in NAMES}
+    return payloads, {n: hashlib.md5(gzip.decompress(p)).hexdigest() for n, p in payloads.items()}
 
 
 # --- instruments for the federated training tests ------------------------------------

@@ -83,3 +83,15 @@ def test_webrtc_placeholder_explains_itself(sy):
     assert webrtc_connection.RTCPeerConnection is aiortc.RTCPeerConnection
     with pytest.raises(RuntimeError, match="VirtualWorkers do not need them"):
         aiortc.RTCPeerConnection()
+
+
+def test_a_syft_that_fails_to_import_gets_the_message(tmp_path):
+    # syft installed, one of its dependencies (phe) broken: name it, no traceback.
+    (tmp_path / "phe").mkdir()
+    (tmp_path / "phe" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'phe.paillier'\", name='phe.paillier')\n")
+    result = run_script("--epochs", "1", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1
+    assert "syft 0.2.6 is installed but cannot be imported" in result.stderr
+    assert "'phe.paillier'" in result.stderr and "make clean run" in result.stderr
+    assert_clean_exit(result)

@@ -51,3 +51,17 @@ def test_environment_yml_is_the_pysyft_env_on_python_38():
     text = "\n".join(read("environment.yml"))
     assert re.search(r"^name: pysyft$", text, re.M)
     assert re.search(r"^\s+- python=3\.8(\.\d+)?$", text, re.M)
+
+
+def test_the_conda_route_installs_this_projects_package_too():
+    # `make venv` installs it after the pins; the conda env gets it as its last pip entry,
+    # so that `import syft` and torchvision's MNIST download work there too.
+    entries = [line.split("#", 1)[0].strip() for line in pip_section(read("environment.yml"))]
+    assert [e for e in entries if e][-1] == "- ."
+
+
+def test_the_build_of_this_package_is_pinned():
+    text = "\n".join(read("pyproject.toml"))
+    requires = re.search(r"^requires = \[(.*)\]$", text, re.M).group(1)
+    for requirement in requires.split(","):
+        assert PIN.match(requirement.strip().strip('"')), requirement

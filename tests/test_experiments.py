@@ -13,7 +13,7 @@ import torch
 import federated_learning as fl
 from conftest import (SCRIPT, args_for, assert_clean_exit, peek, replay_in_plain_pytorch, run_script,
                       synthetic_digits, train_epochs)
-from fl_tutorial import mnist, partition
+from fl_tutorial import mnist, partition, report
 
 LABELS = synthetic_digits(640, 0)[1].astype(np.int64)
 
@@ -133,7 +133,34 @@ def test_run_with_five_noniid_clients_fedavg_metrics_and_plot(mnist_dir, tmp_pat
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
     height, width = matplotlib.image.imread(plot_path).shape[:2]
-    assert (width, height) == (1200, 480)
+    assert (width, height) == (1800, 480)
+
+
+def history(epochs, clients=("client1", "client2")):
+    return {"config": {"num_clients": len(clients), "partition": "iid", "strategy": "sequential", "lr": 0.01},
+            "partition": [{"client": c} for c in clients],
+            "epochs": [{"epoch": e, "test_loss": 1.0 / e, "test_accuracy": 0.5 + e / 100,
+                        "train_loss": {c: 2.0 / (e + i) for i, c in enumerate(clients)}} for e in range(1, epochs + 1)]}
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 12])
+def test_plot_ticks_epochs_as_whole_numbers(epochs):
+    fig = report.figure(history(epochs))
+    for ax in fig.axes:
+        fig.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        labels = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+        assert all("." not in text for text in labels), labels
+
+
+def test_plot_shows_each_clients_training_loss():
+    fig = report.figure(history(3, clients=("client1", "client2", "client3")))
+    train_ax = fig.axes[2]
+    assert train_ax.get_title() == "Training loss per client"
+    lines = {line.get_label(): list(line.get_ydata()) for line in train_ax.get_lines()}
+    assert sorted(lines) == ["client1", "client2", "client3"]
+    assert lines["client2"] == pytest.approx([2.0 / 2, 2.0 / 3, 2.0 / 4])
 
 
 def test_metrics_file_stays_valid_when_the_run_is_killed(mnist_dir, tmp_path):

@@ -1,70 +1,15 @@
 """MNIST files: verified, atomic downloads from a local server; offline use; clear errors."""
 import glob
 import gzip
-import hashlib
-import http.server
 import os
 import shutil
-import threading
 
 import pytest
 import torch
 from torchvision import datasets
 
-from conftest import assert_clean_exit, run_script, write_mnist
+from conftest import NAMES, assert_clean_exit, corrupt, run_script
 from fl_tutorial import mnist
-
-NAMES = list(mnist.GZ_MD5)
-
-
-class Mirror:
-    """A local HTTP server; `files` maps a URL path to (bytes, mode): mode 'ok' or 'truncate'."""
-
-    def __init__(self):
-        self.files, self.requests = {}, []
-        mirror = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                mirror.requests.append(self.path)
-                if self.path not in mirror.files:
-                    self.send_error(404)
-                    return
-                payload, mode = mirror.files[self.path]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                # 'truncate' drops the connection halfway, as an interrupted download does.
-                self.wfile.write(payload if mode == "ok" else payload[: len(payload) // 2])
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, folder):
-        return "http://127.0.0.1:{}/{}/".format(self.server.server_address[1], folder)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def mirror():
-    server = Mirror()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def gz_files(tmp_path_factory):
-    """The generated MNIST .gz files and their MD5s, standing in for the real ones."""
-    raw = os.path.join(write_mnist(tmp_path_factory.mktemp("source")), "MNIST", "raw")
-    payloads = {n: open(os.path.join(raw, n + ".gz"), "rb").read() for n in NAMES}
-    return payloads, {n: hashlib.md5(p).hexdigest() for n, p in payloads.items()}
 
 
 def copy_raw(data_dir, tmp_path):
@@ -72,10 +17,6 @@ def copy_raw(data_dir, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(os.path.join(data_dir, "MNIST", "raw"), str(root / "MNIST" / "raw"))
     return root
-
-
-def corrupt(payload):
-    return payload[:100] + bytes([payload[100] ^ 0xFF]) + payload[101:]
 
 
 def leftovers(folder):
@@ -96,10 +37,32 @@ def test_download_skips_a_corrupt_mirror_and_keeps_the_verified_file(mirror, gz_
 def test_corrupt_download_is_rejected_and_not_kept(mirror, gz_files, tmp_path):
     payloads, md5 = gz_files
     name = NAMES[1]
-    mirror.files["/bad/{}.gz".format(name)] = (corrupt(payloads[name]), "ok")
-    with pytest.raises(mnist.DataError, match="MD5 [0-9a-f]{32} does not match " + md5[name]):
+    mirror.files["/bad/{}.gz".format(name)] = (gzip.compress(corrupt(gzip.decompress(payloads[name]))), "ok")
+    with pytest.raises(mnist.DataError, match="MD5 [0-9a-f]{32} of its content does not match " + md5[name]):
         mnist.download(name, str(tmp_path), [mirror.url("bad")], md5)
     assert leftovers(tmp_path) == []
+
+
+def test_a_download_that_is_not_gzip_is_rejected(mirror, gz_files, tmp_path):
+    payloads, md5 = gz_files
+    name = NAMES[2]
+    mirror.files["/bad/{}.gz".format(name)] = (corrupt(payloads[name]), "ok")
+    mirror.files["/html/{}.gz".format(name)] = (b"<html>Moved</html>", "ok")
+    with pytest.raises(mnist.DataError, match="not a valid .gz file") as error:
+        mnist.download(name, str(tmp_path), [mirror.url("bad"), mirror.url("html")], md5)
+    assert str(error.value).count("not a valid .gz file") == 2
+    assert leftovers(tmp_path) == []
+
+
+def test_a_mirror_may_recompress_the_files(mirror, gz_files, tmp_path):
+    # The content is what is verified, so a classroom server's re-compressed copy passes.
+    payloads, md5 = gz_files
+    name = NAMES[3]
+    recompressed = gzip.compress(gzip.decompress(payloads[name]), compresslevel=1)
+    assert recompressed != payloads[name]
+    mirror.files["/class/{}.gz".format(name)] = (recompressed, "ok")
+    path = mnist.download(name, str(tmp_path), [mirror.url("class")], md5)
+    assert open(path, "rb").read() == recompressed
 
 
 def test_interrupted_download_leaves_no_file_that_passes_as_complete(mirror, gz_files, tmp_path):
