@@ -6,6 +6,7 @@
 #   make bench ARGS="--max-batches 100"      the speed benchmark (see README)
 #   make experiments DATA=./data             the README's experiments table (~40 min)
 #   make notebook                            Jupyter on federated_learning.ipynb
+#   make notebook NOTEBOOK=../PySyft/examples/tutorials   Jupyter on another notebook or folder
 #   make course COURSE=../PySyft             run PySyft 0.2.6's course, Parts 01-12 bis (see README)
 
 VENV    := .venv
@@ -48,8 +49,9 @@ experiments: venv
 
 # Jupyter on the tutorial notebook, in .venv; every PySyft course notebook opens there too.
 # Jupyter refuses to run as root unless told, as in a container: then it is told.
+NOTEBOOK ?= federated_learning.ipynb
 notebook: venv
-	$(VENV)/bin/jupyter notebook federated_learning.ipynb $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(ARGS)
+	$(VENV)/bin/jupyter notebook $(NOTEBOOK) $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(ARGS)
 
 # PySyft 0.2.6's own course (a checkout of OpenMined/PySyft at tag v0.2.6), run as its CI ran it.
 COURSE ?=
