@@ -24,6 +24,7 @@ LOOPS = {
     "plain-tensors": "(a2) plain PyTorch, pre-normalised tensors",
     "every-batch": "(b) course loop, `--sync every-batch`",
     "per-visit": "(c) default loop, `--sync per-visit`",
+    "websocket": "(d) default loop, `--workers websocket` (2 client processes)",
 }
 
 
@@ -72,31 +73,37 @@ def run_plain(args, pre_normalised=False):
     return {"federate_s": None, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model)}
 
 
-def run_federated(args, sync):
-    """main() of federated_learning.py, step by step, with timers around steps 2 and 6."""
+def run_federated(args, loop):
+    """main() of federated_learning.py, step by step, timing steps 1-2 (clients and data) and 6."""
+    import contextlib
+
     import torch
     import torch.optim as optim
 
     import federated_learning as fl
     from fl_tutorial import report
 
-    script_args = fl.parse_args(["--sync", sync, "--data-dir", args.data_dir, "--lr", str(args.lr),
+    websocket = loop == "websocket"
+    script_args = fl.parse_args(["--sync", "per-visit" if websocket else loop,
+                                 "--workers", "websocket" if websocket else "virtual",
+                                 "--data-dir", args.data_dir, "--lr", str(args.lr),
                                  "--batch-size", str(args.batch_size), "--seed", str(args.seed),
                                  "--log-interval", str(10 ** 9)]
                                 + (["--max-batches", str(args.max_batches)] if args.max_batches else []))
     torch.manual_seed(script_args.seed)
     hook = fl.sy.TorchHook(torch)
-    workers = (fl.sy.VirtualWorker(hook, id="client1"), fl.sy.VirtualWorker(hook, id="client2"))
-    start = time.perf_counter()
-    federated, _ = fl.federated_mnist(script_args, workers)
-    federate_s = time.perf_counter() - start
-    loader = fl.sy.FederatedDataLoader(federated, batch_size=script_args.batch_size, shuffle=True)
-    model = fl.SimpleCNN()
-    optimizer = optim.SGD(model.parameters(), lr=script_args.lr)
-    start = time.perf_counter()
-    progress = report.Progress("Epoch", 1, len(federated), 10 ** 9, stream=open(os.devnull, "w"))
-    fl.train(script_args, model, torch.device("cpu"), loader, optimizer, progress)
-    train_s = time.perf_counter() - start
+    with contextlib.ExitStack() as cleanup:
+        start = time.perf_counter()
+        workers = fl.create_workers(script_args, hook, cleanup)
+        federated, _ = fl.federated_mnist(script_args, workers)
+        federate_s = time.perf_counter() - start
+        loader = fl.sy.FederatedDataLoader(federated, batch_size=script_args.batch_size, shuffle=True)
+        model = fl.SimpleCNN()
+        optimizer = optim.SGD(model.parameters(), lr=script_args.lr)
+        start = time.perf_counter()
+        progress = report.Progress("Epoch", 1, len(federated), 10 ** 9, stream=open(os.devnull, "w"))
+        fl.train(script_args, model, torch.device("cpu"), loader, optimizer, progress)
+        train_s = time.perf_counter() - start
     batches = min(len(loader), args.max_batches or len(loader))
     return {"federate_s": federate_s, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model)}
 

@@ -9,6 +9,7 @@ each marked "<-- federated". It reads top to bottom as the course's six steps:
 Run it with:  python federated_learning.py --epochs 1 --lr 0.01
 """
 import argparse
+import contextlib
 import copy
 import sys
 import time
@@ -23,44 +24,54 @@ import torch.nn.functional as F  # noqa: E402
 import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from fl_tutorial import mnist, partition, report  # noqa: E402
+from fl_tutorial import aggregation, mnist, partition, report, websocket_clients  # noqa: E402
 from fl_tutorial.batches import visits  # noqa: E402
-from fl_tutorial.cli import positive_float, positive_int  # noqa: E402
+from fl_tutorial.cli import positive_float, positive_int, probability  # noqa: E402
+
+
+def create_workers(args, hook, cleanup):
+    """Step 1: the data owners: VirtualWorkers in this process, as in the course, or real processes."""
+    if args.workers == "websocket":  # <-- federated: each client its own process, reached over a websocket
+        return cleanup.enter_context(websocket_clients.clients(hook, args))
+    return [sy.VirtualWorker(hook, id="client{}".format(i)) for i in range(1, args.num_clients + 1)]  # <-- federated
 
 
 def federated_mnist(args, workers):
-    """Step 2: split MNIST's training set across the clients and send each its share."""
+    """Step 2: split MNIST's training set across the clients and send each its share.
+
+    Returns the federated dataset and, per client, its sample count and label histogram.
+    """
+    if args.data_from == "clients":  # <-- federated: each client reads its own share; only the rule is sent
+        return websocket_clients.own_shares(sy, workers, partition.rule(args))
+    names = [w.id for w in workers]
     if args.sync == "every-batch":  # the course: torchvision transforms image by image (~16 s)
         train_set = datasets.MNIST(args.data_dir, train=True, transform=mnist.TRANSFORM)
         shares = partition.like_federate(len(train_set), len(workers))
-        return train_set.federate(workers), shares  # <-- federated
+        return train_set.federate(workers), partition.describe(train_set.targets.numpy(), shares, names)  # <-- federated
     images, labels = mnist.normalized(args.data_dir)  # the same tensors, made at once (~2.5 s)
+    shares = partition.split(labels.numpy(), partition.rule(args))
+    clients = partition.describe(labels.numpy(), shares, names)
     if args.partition == "iid":
-        shares = partition.like_federate(len(labels), len(workers))
-        return sy.BaseDataset(images, labels).federate(workers), shares  # <-- federated
-    if args.dirichlet_alpha is not None:
-        shares = partition.dirichlet(labels.numpy(), len(workers), args.dirichlet_alpha, args.seed)
-    else:
-        shares = partition.shards(labels.numpy(), len(workers), args.shards_per_client, args.seed)
+        return sy.BaseDataset(images, labels).federate(workers), clients  # <-- federated
     return sy.FederatedDataset([  # <-- federated: one dataset per client, sent to it
         sy.BaseDataset(images[idx].send(worker), labels[idx].send(worker))
-        for worker, idx in zip(workers, map(torch.from_numpy, shares))]), shares
+        for worker, idx in zip(workers, map(torch.from_numpy, shares))]), clients
 
 
 class SimpleCNN(nn.Module):
-    """Two conv blocks and three dense layers; returns logits (1,715,594 parameters)."""
+    """Two conv blocks and three dense layers; returns logits (1,715,594 parameters with the defaults)."""
 
-    def __init__(self):
+    def __init__(self, conv1_channels=64, conv2_channels=128, linear1_size=256, linear2_size=128, dropout=0.1):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 64, kernel_size=5, padding=2)
-        self.conv2 = nn.Conv2d(64, 128, kernel_size=3, padding=1)
+        self.conv1 = nn.Conv2d(1, conv1_channels, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(conv1_channels, conv2_channels, kernel_size=3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()  # works on pointers; x.view(x.size(0), -1) does not
-        self.fc1 = nn.Linear(128 * 7 * 7, 256)
-        self.fc2 = nn.Linear(256, 128)
-        self.fc3 = nn.Linear(128, 10)
+        self.fc1 = nn.Linear(conv2_channels * 7 * 7, linear1_size)
+        self.fc2 = nn.Linear(linear1_size, linear2_size)
+        self.fc3 = nn.Linear(linear2_size, 10)
         self.relu = nn.ReLU()
-        self.dropout = nn.Dropout(p=0.1)
+        self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x):
         x = self.pool(self.relu(self.conv1(x)))  # 28x28 -> 14x14
@@ -96,7 +107,7 @@ def train(args, model, device, federated_train_loader, optimizer, progress):
         model.get()  # <-- federated: step 5, bring the updated model back to the server
 
 
-def train_fedavg(args, model, device, federated_train_loader, progress):
+def train_fedavg(args, model, device, federated_train_loader, progress, averaging):
     """One round of Federated Averaging (McMahan et al. 2017): each client trains its own copy."""
     updates = []
     for worker, batches in visits(federated_train_loader, max_batches=args.max_batches,
@@ -106,15 +117,10 @@ def train_fedavg(args, model, device, federated_train_loader, progress):
         local_model.send(worker)  # <-- federated: step 4, send a model copy to the client
         for n, loss in train_on_client(local_model, device, optimizer, batches):
             progress.update(worker.id, n, loss)
-        local_model.get()  # <-- federated: step 5, bring the updated copy back to the server
-        updates.append((len(federated_train_loader.federated_dataset[worker.id]), local_model.state_dict()))
-    model.load_state_dict(federated_average(updates))
-
-
-def federated_average(updates):
-    """The weights of all copies, averaged with each client's share of the samples as weight."""
-    total = sum(n for n, _ in updates)
-    return {name: sum(state[name] * (n / total) for n, state in updates) for name in updates[0][1]}
+        updates.append((len(federated_train_loader.federated_dataset[worker.id]), local_model))
+    # <-- federated: step 5, the server gets the weighted average of the copies; with --aggregation
+    # server every copy comes back, with trusted or secure only the average does (fl_tutorial/aggregation.py)
+    model.load_state_dict(averaging.average(updates))
 
 
 def test(model, device, test_loader):
@@ -144,27 +150,25 @@ def server_test_loader(args):
         batch_size=args.test_batch_size, shuffle=False)
 
 
-def describe_clients(args, shares, workers):
-    """Each client's sample count and label histogram, for the table at start and the metrics."""
-    return partition.describe(datasets.MNIST(args.data_dir, train=True).targets.numpy(), shares,
-                              [w.id for w in workers])
-
-
-def run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics):
+def run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics,
+              averaging=None):
     """Step 6 for one epoch (with FedAvg, one round): train on the clients, test on the server, record."""
     start = time.time()
     fedavg = args.strategy == "fedavg"
     samples = len(federated_train_loader.federated_dataset) * (args.local_epochs if fedavg else 1)
     progress = report.Progress("Round" if fedavg else "Epoch", epoch, samples, args.log_interval)
     if fedavg:
-        train_fedavg(args, model, device, federated_train_loader, progress)
+        averaging = averaging or aggregation.ServerAverage()
+        train_fedavg(args, model, device, federated_train_loader, progress, averaging)
     else:
         train(args, model, device, federated_train_loader, optimizer, progress)
     progress.close()
     test_loss, accuracy, per_class = test(model, device, test_loader)
-    metrics.add({"epoch": epoch, "train_loss": progress.client_losses(), "test_loss": test_loss,
-                 "test_accuracy": accuracy, "test_accuracy_per_class": per_class,
-                 "seconds": time.time() - start})
+    record = {"epoch": epoch, "train_loss": progress.client_losses(), "test_loss": test_loss,
+              "test_accuracy": accuracy, "test_accuracy_per_class": per_class, "seconds": time.time() - start}
+    if fedavg:
+        record["aggregation_seconds"] = averaging.seconds
+    metrics.add(record)
 
 
 def build_parser():
@@ -195,8 +199,8 @@ def build_parser():
     parser.add_argument("--max-batches", type=positive_int, metavar="N",
                         help="stop each epoch after N batches (quick tries)")
     experiments = parser.add_argument_group("experiments")
-    experiments.add_argument("--num-clients", type=positive_int, default=2, metavar="N",
-                             help="number of clients, client1 ... clientN (default: 2)")
+    experiments.add_argument("--num-clients", type=positive_int, metavar="N",
+                             help="number of clients, client1 ... clientN (default: 2, or those of --connect)")
     experiments.add_argument("--partition", choices=("iid", "noniid"), default="iid",
                              help="iid: the course's .federate() (default); noniid: label shards or Dirichlet")
     experiments.add_argument("--shards-per-client", type=positive_int, metavar="K",
@@ -207,10 +211,30 @@ def build_parser():
                              help="sequential: the course's model passing (default); fedavg: Federated Averaging")
     experiments.add_argument("--local-epochs", type=positive_int, default=1, metavar="E",
                              help="fedavg: passes over its own data per client and round (default: 1)")
+    experiments.add_argument("--aggregation", choices=("server", "trusted", "secure"), default="server",
+                             help="fedavg: how the server gets the average: every copy comes back (default); "
+                                  "trusted: a separate aggregator averages (Part 04); secure: additive secret "
+                                  "sharing, only the sum is decoded (Part 10)")
+    experiments.add_argument("--dropout", type=probability, default=0.1, metavar="P",
+                             help="SimpleCNN's dropout probability (default: 0.1)")
     experiments.add_argument("--metrics-out", metavar="PATH",
                              help="write config, partition and per-epoch metrics as JSON to PATH")
     experiments.add_argument("--plot", metavar="PATH",
                              help="draw test accuracy and loss per epoch into a PNG at PATH")
+    remote = parser.add_argument_group("clients in their own processes (README, \"Separate parties\")")
+    remote.add_argument("--workers", choices=("virtual", "websocket"), default="virtual",
+                        help="virtual: VirtualWorkers in this process, as in the course (default); websocket: "
+                             "each client is its own process (syft's WebsocketServerWorker)")
+    remote.add_argument("--connect", type=websocket_clients.parse_connect, metavar="NAME=HOST:PORT,...",
+                        help="websocket: use clients already running (python -m fl_tutorial.worker) instead of "
+                             "starting them on 127.0.0.1")
+    remote.add_argument("--token-file", metavar="FILE",
+                        help="websocket: the token the clients were started with")
+    remote.add_argument("--ca", metavar="FILE",
+                        help="websocket with --connect: the clients serve wss://; verify them against this CA")
+    remote.add_argument("--data-from", choices=("clients", "server"),
+                        help="websocket: clients read their own MNIST and keep their share (default), or the "
+                             "server sends each its share with .federate(), as the course does")
     return parser
 
 
@@ -228,7 +252,32 @@ def parse_args(argv=None):
     if args.sync == "every-batch" and (args.strategy != "sequential" or args.partition != "iid"):
         parser.error("--sync every-batch is the course's loop: use it with the default "
                      "--strategy sequential and --partition iid")
+    check_workers_args(parser, args)
+    if args.aggregation != "server":
+        if args.strategy != "fedavg":
+            parser.error("--aggregation {} is for --strategy fedavg".format(args.aggregation))
+        if args.workers == "websocket":
+            parser.error("--aggregation {} needs workers that reach one another ({}); syft 0.2.6's websocket "
+                         "clients only reach the coordinator. Use --workers virtual, or --aggregation server".format(
+                             args.aggregation, "the aggregator" if args.aggregation == "trusted"
+                             else "each client sends shares to the others"))
+        if args.aggregation == "secure" and args.num_clients < 2:
+            parser.error("--aggregation secure needs at least 2 clients: a sum of one update is the update")
     return args
+
+
+def check_workers_args(parser, args):
+    """--workers websocket and its companions; fills in --num-clients from --connect and --data-from."""
+    websocket_flags = [flag for flag, value in (("--connect", args.connect), ("--token-file", args.token_file),
+                                                ("--ca", args.ca), ("--data-from", args.data_from)) if value]
+    if args.workers == "virtual" and websocket_flags:
+        parser.error("{} needs --workers websocket".format(websocket_flags[0]))
+    if args.ca and not args.connect:
+        parser.error("--ca is for clients started elsewhere: give --connect too")
+    if args.connect and args.num_clients not in (None, len(args.connect)):
+        parser.error("--connect names {} client(s), but --num-clients is {}".format(len(args.connect), args.num_clients))
+    args.num_clients = args.num_clients or (len(args.connect) if args.connect else 2)
+    args.data_from = args.data_from or ("clients" if args.workers == "websocket" else "server")
 
 
 def main(argv=None):
@@ -236,32 +285,35 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     hook = sy.TorchHook(torch)  # <-- federated: give torch the PySyft powers
-
-    # Step 1: create the data owners.
-    workers = [sy.VirtualWorker(hook, id="client{}".format(i)) for i in range(1, args.num_clients + 1)]  # <-- federated
-
-    # Step 2: send the data to the clients.
     try:
-        mnist.ensure(args.data_dir)  # download and verify, if needed
-        federated_train_set, shares = federated_mnist(args, workers)
+        mnist.ensure(args.data_dir)  # download and verify, if needed (clients this run starts read it too)
     except mnist.DataError as error:
         sys.exit("error: {}".format(error))
-    except partition.PartitionError as error:
-        build_parser().error(str(error))
-    federated_train_loader = sy.FederatedDataLoader(  # <-- federated
-        federated_train_set, batch_size=args.batch_size, shuffle=True)
-    test_loader = server_test_loader(args)
-    clients = describe_clients(args, shares, workers)
-    print(partition.table(clients) + "\n", flush=True)
 
-    # Step 3: build the model.
-    model = SimpleCNN().to(device)
-    optimizer = optim.SGD(model.parameters(), lr=args.lr)
+    with contextlib.ExitStack() as cleanup:  # with --workers websocket: disconnects, stops the clients it started
+        # Step 1: create the data owners.
+        workers = create_workers(args, hook, cleanup)
 
-    # Step 6: train and test (steps 4 and 5 happen for every visit to a client, inside training).
-    metrics = report.Metrics(vars(args), clients, args.metrics_out, args.plot)
-    for epoch in range(1, args.epochs + 1):
-        run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics)
+        # Step 2: send the data to the clients.
+        try:
+            federated_train_set, clients = federated_mnist(args, workers)
+        except partition.PartitionError as error:
+            build_parser().error(str(error))
+        federated_train_loader = sy.FederatedDataLoader(  # <-- federated
+            federated_train_set, batch_size=args.batch_size, shuffle=True)
+        test_loader = server_test_loader(args)
+        print(partition.table(clients) + "\n", flush=True)
+
+        # Step 3: build the model.
+        model = SimpleCNN(dropout=args.dropout).to(device)
+        optimizer = optim.SGD(model.parameters(), lr=args.lr)
+        averaging = aggregation.make(args.aggregation, sy, hook)  # <-- federated: FedAvg's step 5 (--aggregation)
+
+        # Step 6: train and test (steps 4 and 5 happen for every visit to a client, inside training).
+        metrics = report.Metrics(vars(args), clients, args.metrics_out, args.plot)
+        for epoch in range(1, args.epochs + 1):
+            run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics,
+                      averaging)
 
     if args.save_model:
         torch.save(model.state_dict(), args.save_model)
@@ -273,3 +325,5 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         sys.exit("Interrupted.")
+    except websocket_clients.ClientError as error:  # a client cannot be reached, or stopped answering
+        sys.exit("error: {}".format(error))

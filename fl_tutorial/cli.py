@@ -25,3 +25,11 @@ def positive_float(text):
     if value == float("inf"):
         raise argparse.ArgumentTypeError("must be finite, got {}".format(text))
     return value
+
+
+def probability(text):
+    """A number from 0 up to, not including, 1 (dropout)."""
+    value = _number(float, text, 0.0, inclusive=True)
+    if value >= 1:
+        raise argparse.ArgumentTypeError("must be below 1, got {}".format(text))
+    return value

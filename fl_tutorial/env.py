@@ -137,22 +137,22 @@ def provide_aiortc_placeholder():
     return True
 
 
-def _release_pointers_at_exit():
-    """Quiet exit: a syft 0.2.6 pointer deletes its remote object in __del__, which fails,
+def disarm_pointers():
+    """Tell every syft pointer in this process to leave its remote object alone when it is deleted.
 
-    with a printed traceback, once Python has begun shutting down. So at exit we
-    collect what is already garbage while everything still works, and tell any
-    pointer still referenced (say, from an error's traceback) to leave its object:
-    VirtualWorkers live in this process and vanish with it.
+    A syft 0.2.6 pointer deletes its remote object in __del__. Once Python is
+    shutting down, or once the clients are gone, that fails with a printed
+    traceback. VirtualWorkers vanish with this process; websocket clients free
+    their objects when the coordinator disconnects.
     """
-    gc.collect()
     from syft.generic.pointers.object_pointer import ObjectPointer
 
     with warnings.catch_warnings():  # isinstance() touches torch's deprecated reduce_op
         warnings.simplefilter("ignore")
-        for obj in gc.get_objects():
+        for obj in gc.get_objects():  # garbage not yet collected included
             if isinstance(obj, ObjectPointer):
                 obj.garbage_collect_data = False
+    gc.collect()
 
 
 def _import_failure(error):
@@ -173,7 +173,7 @@ def import_syft():
     except Exception as error:  # a dependency missing or broken: name it, no traceback
         raise StackError([_import_failure(error)]) from None
 
-    atexit.register(_release_pointers_at_exit)
+    atexit.register(disarm_pointers)  # a quiet exit: no pointer tracebacks at shutdown
 
     if not hasattr(syft, "TorchHook"):  # e.g. a syft 0.3+ source tree on sys.path
         raise StackError(

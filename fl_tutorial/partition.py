@@ -68,11 +68,29 @@ def dirichlet(labels, n_clients, alpha, seed, attempts=100):
         "use a larger alpha or fewer clients".format(alpha, attempts))
 
 
+def rule(args):
+    """What decides the split: the same on the coordinator and on every client (plain types, for syft)."""
+    return {"partition": args.partition, "num_clients": args.num_clients, "seed": args.seed,
+            "shards_per_client": args.shards_per_client, "dirichlet_alpha": args.dirichlet_alpha}
+
+
+def split(labels, rule):
+    """One index array per client, as `rule` says: .federate()'s chunks, label shards or Dirichlet."""
+    if rule["partition"] == "iid":
+        return like_federate(len(labels), rule["num_clients"])
+    if rule["dirichlet_alpha"] is not None:
+        return dirichlet(labels, rule["num_clients"], rule["dirichlet_alpha"], rule["seed"])
+    return shards(labels, rule["num_clients"], rule["shards_per_client"], rule["seed"])
+
+
+def histogram(labels):
+    """Sample count and the 10 label counts of one client's share."""
+    return {"samples": int(len(labels)), "labels": np.bincount(labels, minlength=10).tolist()}
+
+
 def describe(labels, parts, names):
     """Per client: sample count and the 10 label counts (for the start-up table and metrics)."""
-    return [{"client": name, "samples": int(len(part)),
-             "labels": np.bincount(labels[part], minlength=10).tolist()}
-            for name, part in zip(names, parts)]
+    return [dict(client=name, **histogram(labels[part])) for name, part in zip(names, parts)]
 
 
 def table(description):

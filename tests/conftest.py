@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torch.optim as optim
 
 import federated_learning as fl
-from fl_tutorial import mnist, report
+from fl_tutorial import aggregation, mnist, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "federated_learning.py")
@@ -201,18 +201,26 @@ def replay_in_plain_pytorch(initial_state, batches, lr=0.05):
     return plain.state_dict()
 
 
+def assert_usage_error(capsys, argv, complaint):
+    """parse_args(argv) ends with argparse's usage error (exit status 2) that says `complaint`."""
+    with pytest.raises(SystemExit) as exit_info:
+        fl.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
 def args_for(data_dir, *flags):
     return fl.parse_args(["--data-dir", data_dir, "--lr", "0.05", "--log-interval", "1000000", *flags])
 
 
-def train_epochs(sy, args, model, workers, epochs):
+def train_epochs(sy, args, model, workers, epochs, averaging=None):
     federated, _ = fl.federated_mnist(args, tuple(workers))
     loader = sy.FederatedDataLoader(federated, batch_size=64, shuffle=True)
     optimizer = optim.SGD(model.parameters(), lr=args.lr)
     for epoch in range(1, epochs + 1):
         progress = report.Progress("Epoch", epoch, len(federated), args.log_interval, stream=io.StringIO())
         if args.strategy == "fedavg":
-            fl.train_fedavg(args, model, torch.device("cpu"), loader, progress)
+            fl.train_fedavg(args, model, torch.device("cpu"), loader, progress, averaging or aggregation.ServerAverage())
         else:
             fl.train(args, model, torch.device("cpu"), loader, optimizer, progress)
     return loader

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import federated_learning as fl
-from conftest import (SCRIPT, args_for, assert_clean_exit, peek, replay_in_plain_pytorch, run_script,
+from conftest import (SCRIPT, args_for, assert_clean_exit, assert_usage_error, peek, replay_in_plain_pytorch, run_script,
                       synthetic_digits, train_epochs)
-from fl_tutorial import mnist, partition, report
+from fl_tutorial import aggregation, mnist, partition, report
 
 LABELS = synthetic_digits(640, 0)[1].astype(np.int64)
 
@@ -68,8 +68,10 @@ def test_describe_counts_labels_per_client():
 def test_remote_data_matches_the_described_partition(sy, mnist_dir, workers, flags):
     mnist.ensure(mnist_dir)
     args = args_for(mnist_dir, *flags)
-    federated, shares = fl.federated_mnist(args, tuple(workers))
+    federated, clients = fl.federated_mnist(args, tuple(workers))
     images, labels = mnist.normalized(mnist_dir)
+    shares = partition.split(labels.numpy(), partition.rule(args))
+    assert clients == partition.describe(labels.numpy(), shares, [w.id for w in workers])
     for worker, share in zip(workers, shares):
         dataset = federated[worker.id]
         assert torch.equal(peek(dataset.targets), labels[share])
@@ -78,8 +80,8 @@ def test_remote_data_matches_the_described_partition(sy, mnist_dir, workers, fla
 
 def test_federated_average_weights_by_samples():
     a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([4.0, 8.0])}
-    assert torch.allclose(fl.federated_average([(1, a), (3, b)])["w"], torch.tensor([3.25, 6.5]))
-    assert torch.equal(fl.federated_average([(7, a)])["w"], a["w"])
+    assert torch.allclose(aggregation.weighted_average([(1, a), (3, b)])["w"], torch.tensor([3.25, 6.5]))
+    assert torch.equal(aggregation.weighted_average([(7, a)])["w"], a["w"])
 
 
 def test_fedavg_with_one_client_and_one_local_epoch_equals_plain_training(sy, mnist_dir, session_workers, recorder):
@@ -214,10 +216,7 @@ def test_a_terminal_gets_a_progress_bar_instead_of_log_lines(mnist_dir):
     (["--partition", "bananas"], "--partition: invalid choice"),
 ])
 def test_bad_experiment_flags_are_usage_errors(argv, complaint, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        fl.parse_args(argv)
-    assert exit_info.value.code == 2
-    assert complaint in capsys.readouterr().err
+    assert_usage_error(capsys, argv, complaint)
 
 
 @pytest.mark.parametrize("flags, complaint", [
