@@ -5,6 +5,7 @@
 #   make venv                                only build the environment
 #   make bench ARGS="--max-batches 100"      the speed benchmark (see README)
 #   make experiments DATA=./data             the README's experiments table (~40 min)
+#   make aggregation-experiments DATA=./data the README's aggregation table (~15 min)
 #   make notebook                            Jupyter on federated_learning.ipynb
 #   make notebook NOTEBOOK=../PySyft/examples/tutorials   Jupyter on another notebook or folder
 #   make course COURSE=../PySyft             run PySyft 0.2.6's course, Parts 01-12 bis (see README)
@@ -16,7 +17,7 @@ ARGS    ?=
 # pip stays at 24.0: pip 24.1+ rejects syft 0.2.6's wheel metadata as invalid.
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
-.PHONY: run test venv bench experiments notebook course clean
+.PHONY: run test venv bench experiments aggregation-experiments notebook course clean
 
 run: venv
 	$(PYTHON) federated_learning.py $(ARGS)
@@ -37,15 +38,35 @@ EXPERIMENTS := \
 	iid-5-sequential:--num-clients=5,--partition=iid,--strategy=sequential \
 	iid-5-fedavg:--num-clients=5,--partition=iid,--strategy=fedavg
 
-experiments: venv
+# FedAvg's aggregation, plain vs secret-shared (README, "Privacy"): one round of one local epoch each.
+AGGREGATION_EXPERIMENTS := \
+	agg-iid-2-server:--num-clients=2,--partition=iid,--strategy=fedavg,--aggregation=server \
+	agg-iid-2-secure:--num-clients=2,--partition=iid,--strategy=fedavg,--aggregation=secure \
+	agg-iid-2-trusted:--num-clients=2,--partition=iid,--strategy=fedavg,--aggregation=trusted \
+	agg-noniid-2-server:--num-clients=2,--partition=noniid,--strategy=fedavg,--aggregation=server \
+	agg-noniid-2-secure:--num-clients=2,--partition=noniid,--strategy=fedavg,--aggregation=secure \
+	agg-iid-5-server:--num-clients=5,--partition=iid,--strategy=fedavg,--aggregation=server \
+	agg-iid-5-secure:--num-clients=5,--partition=iid,--strategy=fedavg,--aggregation=secure \
+	agg-noniid-5-server:--num-clients=5,--partition=noniid,--strategy=fedavg,--aggregation=server \
+	agg-noniid-5-secure:--num-clients=5,--partition=noniid,--strategy=fedavg,--aggregation=secure
+
+# $(1): the runs (name:flags,...), $(2): epochs. Each run writes results/NAME.{json,png,log}.
+define run_experiments
 	@mkdir -p results
-	@for run in $(EXPERIMENTS); do \
+	@for run in $(1); do \
 		name=$${run%%:*}; flags=$$(echo $${run#*:} | tr , ' '); \
 		echo "== $$name: $$flags"; \
-		$(PYTHON) federated_learning.py --epochs 2 --lr 0.01 --data-dir $(DATA) $$flags \
+		$(PYTHON) federated_learning.py --epochs $(2) --lr 0.01 --data-dir $(DATA) $$flags \
 			--metrics-out results/$$name.json --plot results/$$name.png > results/$$name.log || exit 1; \
 	done
-	$(PYTHON) tools/results_table.py $(foreach run,$(EXPERIMENTS),results/$(firstword $(subst :, ,$(run))).json)
+	$(PYTHON) tools/results_table.py $(foreach run,$(1),results/$(firstword $(subst :, ,$(run))).json)
+endef
+
+experiments: venv
+	$(call run_experiments,$(EXPERIMENTS),2)
+
+aggregation-experiments: venv
+	$(call run_experiments,$(AGGREGATION_EXPERIMENTS),1)
 
 # Jupyter on the tutorial notebook, in .venv; every PySyft course notebook opens there too.
 # Jupyter refuses to run as root unless told, as in a container: then it is told.

@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from fl_tutorial import aggregation, mnist, partition, report, websocket_clients  # noqa: E402
+from fl_tutorial import aggregation, files, memory, mnist, partition, report, security, websocket_clients  # noqa: E402
 from fl_tutorial.batches import visits  # noqa: E402
 from fl_tutorial.cli import positive_float, positive_int, probability  # noqa: E402
 
@@ -33,7 +33,14 @@ def create_workers(args, hook, cleanup):
     """Step 1: the data owners: VirtualWorkers in this process, as in the course, or real processes."""
     if args.workers == "websocket":  # <-- federated: each client its own process, reached over a websocket
         return cleanup.enter_context(websocket_clients.clients(hook, args))
-    return [sy.VirtualWorker(hook, id="client{}".format(i)) for i in range(1, args.num_clients + 1)]  # <-- federated
+    workers = [sy.VirtualWorker(hook, id="client{}".format(i), auto_add=False)  # <-- federated
+               for i in range(1, args.num_clients + 1)]
+    for worker in workers:  # syft's auto_add links every worker with every other: O(N^2) for N clients
+        hook.local_worker.add_worker(worker)
+        worker.add_worker(hook.local_worker)
+        if args.aggregation == "secure":
+            worker.add_workers(workers)  # the shares go from client to client
+    return workers
 
 
 def federated_mnist(args, workers):
@@ -54,8 +61,8 @@ def federated_mnist(args, workers):
     if args.partition == "iid":
         return sy.BaseDataset(images, labels).federate(workers), clients  # <-- federated
     return sy.FederatedDataset([  # <-- federated: one dataset per client, sent to it
-        sy.BaseDataset(images[idx].send(worker), labels[idx].send(worker))
-        for worker, idx in zip(workers, map(torch.from_numpy, shares))]), clients
+        sy.BaseDataset(images.index_select(0, idx).send(worker), labels.index_select(0, idx).send(worker))
+        for worker, idx in zip(workers, map(torch.from_numpy, shares))]), clients  # (hooked [idx] misreads short idx)
 
 
 class SimpleCNN(nn.Module):
@@ -253,6 +260,10 @@ def parse_args(argv=None):
         parser.error("--sync every-batch is the course's loop: use it with the default "
                      "--strategy sequential and --partition iid")
     check_workers_args(parser, args)
+    for flag, path in (("--save-model", args.save_model), ("--metrics-out", args.metrics_out), ("--plot", args.plot)):
+        problem = path and files.cannot_write(path)
+        if problem:
+            parser.error("{} {}: {}".format(flag, path, problem))
     if args.aggregation != "server":
         if args.strategy != "fedavg":
             parser.error("--aggregation {} is for --strategy fedavg".format(args.aggregation))
@@ -274,6 +285,11 @@ def check_workers_args(parser, args):
         parser.error("{} needs --workers websocket".format(websocket_flags[0]))
     if args.ca and not args.connect:
         parser.error("--ca is for clients started elsewhere: give --connect too")
+    try:  # unreadable or too short now, not after the clients have started
+        args.token_file and security.read_token(args.token_file)
+        args.ca and security.client_sslopt(args.ca)
+    except security.SecurityError as error:
+        parser.error(str(error))
     if args.connect and args.num_clients not in (None, len(args.connect)):
         parser.error("--connect names {} client(s), but --num-clients is {}".format(len(args.connect), args.num_clients))
     args.num_clients = args.num_clients or (len(args.connect) if args.connect else 2)
@@ -289,6 +305,7 @@ def main(argv=None):
         mnist.ensure(args.data_dir)  # download and verify, if needed (clients this run starts read it too)
     except mnist.DataError as error:
         sys.exit("error: {}".format(error))
+    check_it_fits(args)
 
     with contextlib.ExitStack() as cleanup:  # with --workers websocket: disconnects, stops the clients it started
         # Step 1: create the data owners.
@@ -316,8 +333,32 @@ def main(argv=None):
                       averaging)
 
     if args.save_model:
-        torch.save(model.state_dict(), args.save_model)
-        print("Saved the model to {}".format(args.save_model))
+        save_model(model, args.save_model)
+
+
+def check_it_fits(args):
+    """Impossible values stop here, before any client exists: too many clients, a batch too big for memory."""
+    try:
+        if not args.connect:  # clients started elsewhere have their own data, and say so themselves
+            partition.check_enough_samples(args.num_clients, mnist.train_size(args.data_dir))
+    except partition.PartitionError as error:
+        build_parser().error(str(error))
+    problem = memory.check(lambda: SimpleCNN(dropout=args.dropout), args.batch_size, args.test_batch_size)
+    if not problem and args.workers == "websocket" and not args.connect:
+        problem = memory.check_client_processes(args.num_clients)
+    if problem:
+        build_parser().error(problem)
+
+
+def save_model(model, path):
+    """Save the trained state_dict atomically; if PATH fails now, save it elsewhere and say where."""
+    state = model.state_dict()
+    rescue_name = "federated_learning-model-{}.pt".format(time.strftime("%Y%m%d-%H%M%S"))
+    saved, error = files.write_or_rescue(path, lambda f: torch.save(state, f), rescue_name)
+    if error is not None:
+        sys.exit("error: could not save the model to {} ({}); it is saved in {} instead.".format(
+            path, error.strerror or error, saved))
+    print("Saved the model to {}".format(saved))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,52 @@ def atomic_write(path, write):
     try:
         with os.fdopen(fd, "wb") as out:
             write(out)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result gets the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def cannot_write(path):
+    """Why no file can be written at `path` (its folder is made if missing), or None if one can.
+
+    Checked before a run starts, so that a typo in an output path costs seconds, not a training run.
+    """
+    if os.path.isdir(path):
+        return "it is a folder"
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        return "cannot write in {}: {}".format(folder, error.strerror or error)
+    return None
+
+
+def write_or_rescue(path, write, rescue_name):
+    """atomic_write(path, write); if that fails, write `rescue_name` in the current folder, else in the temp folder.
+
+    Returns (where it was written, the error that sent it elsewhere or None). What a
+    long run produced is never lost because its folder vanished or its disk filled up.
+    """
+    try:
+        atomic_write(path, write)
+        return path, None
+    except OSError as error:
+        for folder in (os.getcwd(), tempfile.gettempdir()):
+            rescue = os.path.join(folder, rescue_name)
+            try:
+                atomic_write(rescue, write)
+                return rescue, error
+            except OSError:
+                continue
+        raise

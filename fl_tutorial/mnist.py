@@ -148,6 +148,14 @@ def _prepare(raw_dir, processed_dir, mirrors, md5):
         atomic_write(out, lambda f: torch.save(split, f))
 
 
+def train_size(root):
+    """The number of training samples, from the labels file's IDX header (after ensure(root))."""
+    path = _find_local(os.path.join(root, "MNIST", "raw"), "train-labels-idx1-ubyte")
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return struct.unpack(">II", f.read(8))[1]
+
+
 def normalized(data_dir, train=True):
     """(images, labels) with TRANSFORM applied to all images at once: the very same floats,
 

@@ -14,14 +14,14 @@ class PartitionError(ValueError):
     """The data cannot be split as asked; the message names the flag to change."""
 
 
-def _check_enough_samples(n_clients, n_samples):
+def check_enough_samples(n_clients, n_samples):
     if n_clients > n_samples:
         raise PartitionError("--num-clients {}: more clients than the {} training samples".format(n_clients, n_samples))
 
 
 def like_federate(n_samples, n_clients):
     """The split `.federate(workers)` makes: consecutive chunks of ceil(n / clients) samples."""
-    _check_enough_samples(n_clients, n_samples)
+    check_enough_samples(n_clients, n_samples)
     size = math.ceil(n_samples / n_clients)
     parts = [np.arange(start, min(start + size, n_samples)) for start in range(0, n_samples, size)]
     if len(parts) != n_clients:
@@ -51,7 +51,7 @@ def dirichlet(labels, n_clients, alpha, seed, attempts=100):
     Small alpha: each client sees few classes; large alpha: close to IID. Draws
     again (deterministically) until every client has at least one sample.
     """
-    _check_enough_samples(n_clients, len(labels))
+    check_enough_samples(n_clients, len(labels))
     rng = np.random.RandomState(seed)
     for _ in range(attempts):
         owned = [[] for _ in range(n_clients)]

@@ -17,14 +17,20 @@ def row(path):
     if partition == "noniid":
         partition += (" (Dirichlet {})".format(config["dirichlet_alpha"]) if config["dirichlet_alpha"]
                       else " ({} shards/client)".format(config["shards_per_client"]))
-    return "| {} | {} | {} | {} x {} | {:.2%} | {:.4f} | {:.0%} | {:.0f} |".format(
-        config["num_clients"], partition, config["strategy"], len(epochs), local,
-        last["test_accuracy"], last["test_loss"], worst, sum(e["seconds"] for e in epochs))
+    strategy = config["strategy"]
+    if config.get("aggregation", "server") != "server":
+        strategy += " ({})".format(config["aggregation"])
+    aggregation = [e["aggregation_seconds"] for e in epochs if "aggregation_seconds" in e]
+    return "| {} | {} | {} | {} x {} | {:.2%} | {:.4f} | {:.0%} | {:.0f} | {} |".format(
+        config["num_clients"], partition, strategy, len(epochs), local,
+        last["test_accuracy"], last["test_loss"], worst, sum(e["seconds"] for e in epochs),
+        "{:.2f}".format(sum(aggregation)) if aggregation else "-")
 
 
 def main(paths):
-    print("| clients | partition | strategy | epochs x local epochs | test acc. | test loss | worst class | seconds |")
-    print("|---:|---|---|---|---:|---:|---:|---:|")
+    print("| clients | partition | strategy | epochs x local epochs | test acc. | test loss | worst class "
+          "| seconds | aggregation s |")
+    print("|---:|---|---|---|---:|---:|---:|---:|---:|")
     for path in paths:
         print(row(path))
 
