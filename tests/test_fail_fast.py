@@ -151,3 +151,13 @@ def test_virtual_clients_know_the_server_not_each_other():
                             universal_newlines=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["300 1 True", "3 4 True"]  # secure: the server and the 3 clients
+
+
+def test_many_clients_with_small_shares_train(mnist_dir):
+    # 100 clients of 6 or 7 samples: syft 0.2.6's hooked images[idx] misreads an index tensor of < 32 entries
+    # as a tuple of indices; the shares are cut with index_select instead.
+    result = run_script("--data-dir", mnist_dir, "--num-clients", "100", "--partition", "noniid",
+                        "--shards-per-client", "1", *QUICK)
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.split("\n\n")[0].splitlines()[1:]
+    assert len(rows) == 100 and sum(int(row.split()[1]) for row in rows) == 640
