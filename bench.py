@@ -70,7 +70,8 @@ def run_plain(args, pre_normalised=False):
         if batches == args.max_batches:
             break
     train_s = time.perf_counter() - start
-    return {"federate_s": None, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model)}
+    return {"federate_s": None, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model),
+            "messages": None}
 
 
 def run_federated(args, loop):
@@ -78,7 +79,6 @@ def run_federated(args, loop):
     import contextlib
 
     import torch
-    import torch.optim as optim
 
     import federated_learning as fl
     from fl_tutorial import report
@@ -99,13 +99,28 @@ def run_federated(args, loop):
         federate_s = time.perf_counter() - start
         loader = fl.sy.FederatedDataLoader(federated, batch_size=script_args.batch_size, shuffle=True)
         model = fl.SimpleCNN()
-        optimizer = optim.SGD(model.parameters(), lr=script_args.lr)
+        optimizer = fl.sgd(script_args, model.parameters())
+        messages = count_messages(hook.local_worker)
         start = time.perf_counter()
         progress = report.Progress("Epoch", 1, len(federated), 10 ** 9, stream=open(os.devnull, "w"))
         fl.train(script_args, model, torch.device("cpu"), loader, optimizer, progress)
         train_s = time.perf_counter() - start
     batches = min(len(loader), args.max_batches or len(loader))
-    return {"federate_s": federate_s, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model)}
+    return {"federate_s": federate_s, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model),
+            "messages": messages[0]}
+
+
+def count_messages(local_worker):
+    """Counts the syft messages the server sends from now on (each is a round trip to a client)."""
+    count = [0]
+    send_msg = local_worker.send_msg
+
+    def counting(message, location):
+        count[0] += 1
+        return send_msg(message, location)
+
+    local_worker.send_msg = counting
+    return count
 
 
 def evaluate(args, model):
@@ -169,14 +184,16 @@ def versions():
 def table(results, args):
     plain = results["plain"]
     rows = [
-        "| loop | federate s | ms / batch | epoch s | run s | test acc. | peak MB | ms / batch vs (a) | run vs (a) | memory vs (a) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| loop | federate s | ms / batch | msgs / batch | epoch s | run s | test acc. | peak MB | ms / batch vs (a) "
+        "| run vs (a) | memory vs (a) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for loop, r in results.items():
         ms = 1000 * r["train_s"] / r["batches"]
         plain_ms = 1000 * plain["train_s"] / plain["batches"]
-        rows.append("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.2%} | {:.0f} | {:.2f}x | {:.2f}x | {:.2f}x |".format(
-            LOOPS[loop], "-" if r["federate_s"] is None else "{:.1f}".format(r["federate_s"]), ms, r["train_s"],
+        rows.append("| {} | {} | {:.1f} | {} | {:.1f} | {:.1f} | {:.2%} | {:.0f} | {:.2f}x | {:.2f}x | {:.2f}x |".format(
+            LOOPS[loop], "-" if r["federate_s"] is None else "{:.1f}".format(r["federate_s"]), ms,
+            "-" if r["messages"] is None else "{:.0f}".format(r["messages"] / r["batches"]), r["train_s"],
             r["run_s"], r["accuracy"], r["peak_mb"], ms / plain_ms, r["run_s"] / plain["run_s"],
             r["peak_mb"] / plain["peak_mb"]))
     batches = plain["batches"]

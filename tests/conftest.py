@@ -216,7 +216,7 @@ def args_for(data_dir, *flags):
 def train_epochs(sy, args, model, workers, epochs, averaging=None):
     federated, _ = fl.federated_mnist(args, tuple(workers))
     loader = sy.FederatedDataLoader(federated, batch_size=64, shuffle=True)
-    optimizer = optim.SGD(model.parameters(), lr=args.lr)
+    optimizer = fl.sgd(args, model.parameters())  # the optimizer the script uses for this loop
     for epoch in range(1, epochs + 1):
         progress = report.Progress("Epoch", epoch, len(federated), args.log_interval, stream=io.StringIO())
         if args.strategy == "fedavg":
