@@ -25,6 +25,8 @@ LOOPS = {
     "every-batch": "(b) course loop, `--sync every-batch`",
     "per-visit": "(c) default loop, `--sync per-visit`",
     "websocket": "(d) default loop, `--workers websocket` (2 client processes)",
+    "fedavg-in-turn": "(e1) 1 FedAvg round, 2 websocket clients, `--in-turn`",
+    "fedavg-together": "(e2) 1 FedAvg round, 2 websocket clients training at once",
 }
 
 
@@ -83,8 +85,9 @@ def run_federated(args, loop):
     import federated_learning as fl
     from fl_tutorial import report
 
-    websocket = loop == "websocket"
-    script_args = fl.parse_args(["--sync", "per-visit" if websocket else loop,
+    websocket = loop == "websocket" or loop.startswith("fedavg")
+    fedavg = ["--strategy", "fedavg"] + (["--in-turn"] if loop == "fedavg-in-turn" else []) if websocket else []
+    script_args = fl.parse_args(fedavg + ["--sync", loop if loop in ("every-batch", "per-visit") else "per-visit",
                                  "--workers", "websocket" if websocket else "virtual",
                                  "--data-dir", args.data_dir, "--lr", str(args.lr),
                                  "--batch-size", str(args.batch_size), "--seed", str(args.seed),
@@ -103,7 +106,10 @@ def run_federated(args, loop):
         messages = count_messages(hook.local_worker)
         start = time.perf_counter()
         progress = report.Progress("Epoch", 1, len(federated), 10 ** 9, stream=open(os.devnull, "w"))
-        fl.train(script_args, model, torch.device("cpu"), loader, optimizer, progress)
+        if script_args.strategy == "fedavg":
+            fl.train_fedavg(script_args, model, torch.device("cpu"), loader, progress, fl.aggregation.ServerAverage())
+        else:
+            fl.train(script_args, model, torch.device("cpu"), loader, optimizer, progress)
         train_s = time.perf_counter() - start
     batches = min(len(loader), args.max_batches or len(loader))
     return {"federate_s": federate_s, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model),

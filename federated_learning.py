@@ -25,7 +25,7 @@ import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
 from fl_tutorial import (aggregation, files, memory, mnist, partition, pointer_sgd, report, security,  # noqa: E402
-                         websocket_clients)
+                         together, websocket_clients)
 from fl_tutorial.batches import visits  # noqa: E402
 from fl_tutorial.cli import positive_float, positive_int, probability  # noqa: E402
 
@@ -127,15 +127,19 @@ def train(args, model, device, federated_train_loader, optimizer, progress):
 
 def train_fedavg(args, model, device, federated_train_loader, progress, averaging):
     """One round of Federated Averaging (McMahan et al. 2017): each client trains its own copy."""
-    updates = []
-    for worker, batches in visits(federated_train_loader, max_batches=args.max_batches,
-                                  local_epochs=args.local_epochs):
+    def train_copy(worker, batches):
         local_model = copy.deepcopy(model).train()
         optimizer = sgd(args, local_model.parameters())
         local_model.send(worker)  # <-- federated: step 4, send a model copy to the client
         for n, loss in train_on_client(local_model, device, optimizer, batches):
             progress.update(worker.id, n, loss)
-        updates.append((len(federated_train_loader.federated_dataset[worker.id]), local_model))
+        return len(federated_train_loader.federated_dataset[worker.id]), local_model
+
+    clients = visits(federated_train_loader, max_batches=args.max_batches, local_epochs=args.local_epochs)
+    if args.workers == "websocket" and not args.in_turn:  # <-- federated: separate processes train at once
+        updates = together.train_together(train_copy, clients)
+    else:
+        updates = [train_copy(worker, batches) for worker, batches in clients]
     # <-- federated: step 5, the server gets the weighted average of the copies; with --aggregation
     # server every copy comes back, with trusted or secure only the average does (fl_tutorial/aggregation.py)
     model.load_state_dict(averaging.average(updates))
@@ -250,6 +254,8 @@ def build_parser():
                         help="websocket: the token the clients were started with")
     remote.add_argument("--ca", metavar="FILE",
                         help="websocket with --connect: the clients serve wss://; verify them against this CA")
+    remote.add_argument("--in-turn", action="store_true",
+                        help="websocket with fedavg: train the clients one after the other, not at the same time")
     remote.add_argument("--data-from", choices=("clients", "server"),
                         help="websocket: clients read their own MNIST and keep their share (default), or the "
                              "server sends each its share with .federate(), as the course does")
@@ -291,7 +297,8 @@ def parse_args(argv=None):
 def check_workers_args(parser, args):
     """--workers websocket and its companions; fills in --num-clients from --connect and --data-from."""
     websocket_flags = [flag for flag, value in (("--connect", args.connect), ("--token-file", args.token_file),
-                                                ("--ca", args.ca), ("--data-from", args.data_from)) if value]
+                                                ("--ca", args.ca), ("--data-from", args.data_from),
+                                                ("--in-turn", args.in_turn)) if value]
     if args.workers == "virtual" and websocket_flags:
         parser.error("{} needs --workers websocket".format(websocket_flags[0]))
     if args.ca and not args.connect:

@@ -6,6 +6,7 @@ it is the course's log lines instead.
 """
 import json
 import sys
+import threading
 
 from tqdm import tqdm
 
@@ -20,6 +21,7 @@ class Progress:
         self.stream = stream or sys.stdout
         self.seen = self.batches = 0
         self.loss_sums, self.loss_counts = {}, {}
+        self.lock = threading.Lock()  # FedAvg's clients may report from their own threads
         self.bar = None
         desc = "{} {}".format(label, epoch)
         if self.stream is sys.stdout and in_jupyter():
@@ -31,6 +33,10 @@ class Progress:
 
     def update(self, worker_id, n, loss):
         """A batch of n samples was trained on `worker_id` with this loss."""
+        with self.lock:
+            self._update(worker_id, n, loss)
+
+    def _update(self, worker_id, n, loss):
         self.loss_sums[worker_id] = self.loss_sums.get(worker_id, 0.0) + loss * n
         self.loss_counts[worker_id] = self.loss_counts.get(worker_id, 0) + n
         self.seen += n

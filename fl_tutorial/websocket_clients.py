@@ -12,6 +12,7 @@ that keep syft's wire format (a stock WebsocketServerWorker still understands it
 """
 import binascii
 import contextlib
+import os
 import signal
 import ssl
 import sys
@@ -144,7 +145,8 @@ def clients(hook, args):
             sslopt = security.client_sslopt(args.ca) if args.ca else None
         else:
             ids = ["client{}".format(i) for i in range(1, args.num_clients + 1)]
-            addresses, token = stack.enter_context(processes.LocalClients(ids, args.data_dir, args.token_file))
+            addresses, token = stack.enter_context(processes.LocalClients(
+                ids, args.data_dir, args.token_file, ["--threads", str(threads_per_client(args))]))
             sslopt = None
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         stack.callback(signal.signal, signal.SIGTERM, previous)
@@ -154,6 +156,15 @@ def clients(hook, args):
         for worker_id, host, port in addresses:
             workers.append(Client(hook, host, port, worker_id, token=token, sslopt=sslopt))
         yield workers
+
+
+def threads_per_client(args):
+    """Torch threads for each client this run starts: FedAvg's clients train at once and share the
+    cores; sequential clients train in turn, so each may use them all."""
+    cores = os.cpu_count() or 1
+    if args.strategy == "fedavg" and not args.in_turn:
+        return max(1, cores // args.num_clients)
+    return cores
 
 
 def _exit_on_sigterm(signum, frame):

@@ -77,6 +77,22 @@ def test_websocket_run_ends_with_the_weights_of_the_virtual_run(mnist_dir, tmp_p
     assert table == runs["virtual"].stdout.split("\n\n")[0] and "client2" in table
 
 
+def test_fedavg_clients_training_at_once_end_where_training_in_turn_ends(mnist_dir, tmp_path):
+    # Each client draws dropout from its own generator, so dropout can stay on. The weights agree to
+    # float tolerance, not bit for bit: at once, each client process uses its share of the cores, and
+    # torch sums in another order with another number of threads.
+    runs = {}
+    for mode in ("at-once", "in-turn"):
+        flags = ["--in-turn"] if mode == "in-turn" else []
+        result = run_script("--workers", "websocket", "--strategy", "fedavg", "--num-clients", "3", "--epochs", "2",
+                            "--data-dir", mnist_dir, "--save-model", str(tmp_path / mode), *FAST, *flags)
+        assert result.returncode == 0, result.stderr
+        assert_clean_exit(result)
+        runs[mode] = saved(tmp_path / mode)
+    for name in runs["in-turn"]:
+        assert torch.allclose(runs["at-once"][name], runs["in-turn"][name], rtol=0, atol=1e-5), name
+
+
 @pytest.fixture
 def token_file(tmp_path):
     path = str(tmp_path / "token.txt")
@@ -176,11 +192,11 @@ def wait_for_epochs(metrics_path, proc, n, timeout=120):
     raise AssertionError("the run did not finish {} epochs".format(n))
 
 
-@pytest.fixture
-def long_run(mnist_dir, tmp_path):
+@pytest.fixture(params=["sequential", "fedavg"])
+def long_run(mnist_dir, tmp_path, request):
     metrics = str(tmp_path / "m.json")
     proc = coordinator("--workers", "websocket", "--data-dir", mnist_dir, "--epochs", "1000",
-                       "--metrics-out", metrics, *FAST)
+                       "--strategy", request.param, "--metrics-out", metrics, *FAST)
     yield proc, metrics
     if proc.poll() is None:
         proc.kill()
