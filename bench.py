@@ -86,7 +86,8 @@ def run_federated(args, loop):
     from fl_tutorial import report
 
     websocket = loop == "websocket" or loop.startswith("fedavg")
-    fedavg = ["--strategy", "fedavg"] + (["--in-turn"] if loop == "fedavg-in-turn" else []) if websocket else []
+    fedavg = ["--strategy", "fedavg"] if loop.startswith("fedavg") else []
+    fedavg += ["--in-turn"] if loop == "fedavg-in-turn" else []
     script_args = fl.parse_args(fedavg + ["--sync", loop if loop in ("every-batch", "per-visit") else "per-visit",
                                  "--workers", "websocket" if websocket else "virtual",
                                  "--data-dir", args.data_dir, "--lr", str(args.lr),
@@ -127,6 +128,77 @@ def count_messages(local_worker):
 
     local_worker.send_msg = counting
     return count
+
+
+def profile(args, workers_kind):
+    """Where the default loop's time goes: start-up, data, each visit, each part of a training step."""
+    import contextlib
+
+    import psutil
+    import torch
+
+    import federated_learning as fl
+
+    timings, depth = {}, {}
+
+    def timed(name, function):
+        """function, timed; a call nested in another of the same name (a VirtualWorker running the
+        server's backward() in this very process) counts once."""
+        def wrapper(*a, **k):
+            depth[name] = depth.get(name, 0) + 1
+            begin = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                depth[name] -= 1
+                if depth[name] == 0:
+                    timings[name] = timings.get(name, 0.0) + time.perf_counter() - begin
+        return wrapper
+
+    script_args = fl.parse_args(["--workers", workers_kind, "--data-dir", args.data_dir, "--lr", str(args.lr),
+                                 "--seed", str(args.seed), "--log-interval", str(10 ** 9)]
+                                + (["--max-batches", str(args.max_batches)] if args.max_batches else []))
+    torch.manual_seed(script_args.seed)
+    hook = fl.sy.TorchHook(torch)
+    timings["start-up: Python, imports, syft's hook"] = time.time() - psutil.Process().create_time()
+    with contextlib.ExitStack() as cleanup:
+        workers = timed("clients: create (and start their processes)", fl.create_workers)(script_args, hook, cleanup)
+        federated, _ = timed("data: split and give each client its share", fl.federated_mnist)(script_args, workers)
+        loader = fl.sy.FederatedDataLoader(federated, batch_size=script_args.batch_size, shuffle=True)
+        model = fl.SimpleCNN()
+        optimizer = fl.sgd(script_args, model.parameters())
+        model.send = timed("visit: model.send (step 4)", model.send)
+        model.get = timed("visit: model.get (step 5)", model.get)
+        model.forward = timed("step: forward", model.forward)
+        optimizer.zero_grad = timed("step: optimizer.zero_grad", optimizer.zero_grad)
+        optimizer.step = timed("step: optimizer.step", optimizer.step)
+        real_cross_entropy = fl.F.cross_entropy
+        fl.F.cross_entropy = timed("step: loss", real_cross_entropy)
+        real_backward = torch.Tensor.backward
+        torch.Tensor.backward = timed("step: backward", real_backward)
+        try:
+            begin = time.perf_counter()
+            progress = fl.report.Progress("Epoch", 1, len(federated), 10 ** 9, stream=open(os.devnull, "w"))
+            fl.train(script_args, model, torch.device("cpu"), loader, optimizer, progress)
+            training = time.perf_counter() - begin
+        finally:
+            fl.F.cross_entropy, torch.Tensor.backward = real_cross_entropy, real_backward
+            del model.forward  # the test below is timed on its own
+    batches = min(len(loader), args.max_batches or len(loader))
+    begin = time.perf_counter()
+    with contextlib.redirect_stdout(None):
+        fl.test(model, torch.device("cpu"), fl.server_test_loader(script_args))
+    timings["test on the server"] = time.perf_counter() - begin
+    named_in_training = sum(v for k, v in timings.items() if k.startswith(("visit", "step")))
+    timings["the rest: loss.get(), batches, progress"] = training - named_in_training
+    total = sum(timings.values())
+    lines = ["{} loop, {} workers, {} batches of {}; {}.".format(
+                 "default", workers_kind, batches, script_args.batch_size, versions()), "",
+             "| part | seconds | ms per batch | share |", "|---|---:|---:|---:|"]
+    for name, seconds in timings.items():
+        lines.append("| {} | {:.2f} | {:.1f} | {:.0%} |".format(name, seconds, 1000 * seconds / batches, seconds / total))
+    lines.append("| whole run | {:.2f} | {:.1f} | 100% |".format(total, 1000 * total / batches))
+    print("\n".join(lines))
 
 
 def evaluate(args, model):
@@ -216,10 +288,14 @@ def main():
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     parser.add_argument("--loops", nargs="+", choices=list(LOOPS), default=list(LOOPS),
                         help="which loops to run (default: all; plain is always run, as the reference)")
+    parser.add_argument("--profile", choices=("virtual", "websocket"),
+                        help="instead of the table: where the default loop's time goes, with these workers")
     parser.add_argument("--child", choices=list(LOOPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.profile:
+        return profile(args, args.profile)
 
     from fl_tutorial.env import check_stack
 
