@@ -27,7 +27,7 @@ from torchvision import datasets  # noqa: E402
 from fl_tutorial import (aggregation, files, memory, mnist, partition, pointer_sgd, report, security,  # noqa: E402
                          together, websocket_clients)
 from fl_tutorial.batches import visits  # noqa: E402
-from fl_tutorial.cli import positive_float, positive_int, probability  # noqa: E402
+from fl_tutorial.cli import positive_float, positive_int, probability, seed  # noqa: E402
 
 
 def create_workers(args, hook, cleanup):
@@ -203,8 +203,8 @@ def build_parser():
                         help="number of epochs to train; rounds with --strategy fedavg (default: 1)")
     parser.add_argument("--lr", type=positive_float, default=0.01, metavar="LR",
                         help="SGD learning rate (default: 0.01)")
-    parser.add_argument("--seed", type=int, default=1, metavar="S",
-                        help="random seed (default: 1)")
+    parser.add_argument("--seed", type=seed, default=1, metavar="S",
+                        help="random seed, 0 to 2**32 - 1 (default: 1)")
     parser.add_argument("--log-interval", type=positive_int, default=10, metavar="N",
                         help="batches to wait before logging training status (default: 10)")
     parser.add_argument("--data-dir", default="./data", metavar="DIR",

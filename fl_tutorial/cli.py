@@ -33,3 +33,11 @@ def probability(text):
     if value >= 1:
         raise argparse.ArgumentTypeError("must be below 1, got {}".format(text))
     return value
+
+
+def seed(text):
+    """A random seed: an integer from 0 to 2**32 - 1 (what numpy's generator, used for the splits, accepts)."""
+    value = _number(int, text, 0, inclusive=True)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError("must be below 2**32, got {}".format(text))
+    return value

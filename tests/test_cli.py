@@ -19,6 +19,8 @@ from federated_learning import parse_args
     (["--test-batch-size", "0"], "--test-batch-size: must be >= 1"),
     (["--log-interval", "0"], "--log-interval: must be >= 1"),
     (["--device", "tpu"], "--device: invalid choice: 'tpu'"),
+    (["--seed", "-3"], "--seed: must be >= 0, got -3"),  # numpy's generator, used for the splits, refuses it
+    (["--seed", "4294967296"], "--seed: must be below 2**32"),
 ])
 def test_bad_values_are_usage_errors(argv, complaint, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -40,4 +42,10 @@ def test_bad_value_from_the_shell_exits_2_without_traceback():
     result = run_script("--epochs", "0", "--lr", "0.01")
     assert result.returncode == 2
     assert "argument --epochs: must be >= 1, got 0" in result.stderr
+    assert_clean_exit(result)
+
+
+def test_the_largest_seed_splits_the_data(mnist_dir):
+    result = run_script("--data-dir", mnist_dir, "--partition", "noniid", "--seed", "4294967295", "--max-batches", "1")
+    assert result.returncode == 0, result.stderr
     assert_clean_exit(result)

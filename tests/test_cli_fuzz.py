@@ -33,7 +33,7 @@ def output_paths(base):
 def command_lines(base):
     values = {
         "--epochs": numbers(-1, 3), "--lr": numbers(-1, 2), "--batch-size": numbers(-1, 10 ** 6),
-        "--test-batch-size": numbers(0, 10 ** 7), "--seed": numbers(-5, 5), "--log-interval": numbers(0, 3),
+        "--test-batch-size": numbers(0, 10 ** 7), "--seed": numbers(-5, 2 ** 33), "--log-interval": numbers(0, 3),
         "--max-batches": numbers(0, 3), "--num-clients": numbers(0, 700), "--shards-per-client": numbers(0, 400),
         "--dirichlet-alpha": numbers(0, 2), "--local-epochs": numbers(0, 3), "--dropout": numbers(-1, 2),
         "--partition": st.sampled_from(["iid", "noniid", "IID", "bananas"]),
@@ -50,7 +50,7 @@ def command_lines(base):
     sensible = {  # values that are each valid alone, so that whole runs are drawn too, not only usage errors
         "--epochs": st.sampled_from(["1", "2"]), "--lr": st.sampled_from(["0.05", "0.5", "1e-9"]),
         "--batch-size": st.sampled_from(["1", "7", "64", "640"]), "--test-batch-size": st.sampled_from(["1", "999"]),
-        "--seed": st.sampled_from(["0", "-3", "123456789"]), "--num-clients": st.sampled_from(["1", "3", "5", "64"]),
+        "--seed": st.sampled_from(["0", "7", "4294967295"]), "--num-clients": st.sampled_from(["1", "3", "5", "64"]),
         "--partition": st.sampled_from(["iid", "noniid"]), "--strategy": st.sampled_from(["sequential", "fedavg"]),
         "--aggregation": st.sampled_from(["server", "trusted", "secure"]), "--dropout": st.sampled_from(["0", "0.5"]),
         "--workers": st.sampled_from(["virtual", "websocket"]), "--sync": st.sampled_from(["per-visit", "every-batch"]),
