@@ -145,8 +145,11 @@ def clients(hook, args):
             sslopt = security.client_sslopt(args.ca) if args.ca else None
         else:
             ids = ["client{}".format(i) for i in range(1, args.num_clients + 1)]
-            addresses, token = stack.enter_context(processes.LocalClients(
-                ids, args.data_dir, args.token_file, ["--threads", str(threads_per_client(args))]))
+            try:
+                addresses, token = stack.enter_context(processes.LocalClients(
+                    ids, args.data_dir, args.token_file, ["--threads", str(threads_per_client(args))]))
+            except processes.StartError as error:  # one line, like every other client failure
+                raise ClientError(str(error)) from None
             sslopt = None
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         stack.callback(signal.signal, signal.SIGTERM, previous)

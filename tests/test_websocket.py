@@ -301,3 +301,16 @@ def test_the_token_check_is_exact():
     assert security.token_matches(token, "Bearer " + token)
     for header in (None, "", "Bearer " + token[:-1], "Bearer " + token + "a", token, "bearer " + token):
         assert not security.token_matches(token, header)
+
+
+def test_a_client_that_cannot_start_gets_one_message(tmp_path, monkeypatch):
+    # A client process that stops at start (here: no MNIST in its folder, and no mirror) is a ClientError,
+    # which the script prints as one line, not a StartError traceback.
+    import argparse
+
+    monkeypatch.setenv("MNIST_MIRRORS", "http://127.0.0.1:9/none/")
+    args = argparse.Namespace(connect=None, num_clients=1, data_dir=str(tmp_path / "empty"), token_file=None,
+                              strategy="sequential", in_turn=False)
+    with pytest.raises(websocket_clients.ClientError, match=r"^client1 stopped at start \(exit status 1\): "):
+        with websocket_clients.clients(None, args):
+            pass
