@@ -384,5 +384,5 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         sys.exit("Interrupted.")
-    except websocket_clients.ClientError as error:  # a client cannot be reached, or stopped answering
+    except (websocket_clients.ClientError, aggregation.AggregationError) as error:  # a client is gone; no average
         sys.exit("error: {}".format(error))

@@ -44,6 +44,10 @@ def _parameters(model):
     return dict(model.named_parameters())
 
 
+class AggregationError(RuntimeError):
+    """The average cannot be made as asked; the message says why and what to change."""
+
+
 class Aggregation:
     """Base: times each aggregation, for the metrics."""
 
@@ -86,6 +90,11 @@ class SecureAggregation(Aggregation):
         self.crypto_provider = crypto_provider
 
     def _average(self, updates):
+        if len(updates) < 2:  # --max-batches can end a round before the second client trains
+            raise AggregationError(
+                "--aggregation secure: only {} trained in this round (--max-batches ended it early), and a "
+                "secure sum of one update is that update. Allow more batches, or use --aggregation server".format(
+                    next(updates[0][1].parameters()).location.id))
         clients = [next(model.parameters()).location for _, model in updates]
         params = [_parameters(model) for _, model in updates]
         averaged = {}

@@ -180,3 +180,13 @@ def test_the_script_runs_each_aggregation(mnist_dir, tmp_path, kind):
     assert_clean_exit(result)
     (round_,) = json.load(open(metrics))["epochs"]
     assert round_["aggregation_seconds"] > 0 and round_["test_accuracy"] > 0.5
+
+
+def test_secure_aggregation_of_a_round_that_only_one_client_trained_stops_with_one_message(mnist_dir):
+    # --max-batches 1 ends FedAvg's round after client1's first batch: a secure sum of one update is that update.
+    result = run_script("--strategy", "fedavg", "--aggregation", "secure", "--max-batches", "1",
+                        "--data-dir", mnist_dir, "--log-interval", "1000")
+    assert result.returncode == 1
+    assert_clean_exit(result)
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: --aggregation secure: only client1 trained in this round (--max-batches ended it early)")
