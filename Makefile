@@ -1,5 +1,6 @@
 # Two commands do everything:  make run   and   make test
-# Both first build .venv (CPython 3.8 + the pins in requirements.txt) if it is missing.
+# Both first build .venv (CPython 3.8 + the pins in requirements.txt) if it is missing;
+# make test also builds .venv-flower (CPython 3.11+, flower/requirements.txt) for the Flower twin.
 #   make run ARGS="--epochs 3 --lr 0.02"     pass flags to federated_learning.py
 #                                            (default: its own, --epochs 1 --lr 0.01)
 #   make venv                                only build the environment
@@ -9,21 +10,41 @@
 #   make notebook                            Jupyter on federated_learning.ipynb
 #   make notebook NOTEBOOK=../PySyft/examples/tutorials   Jupyter on another notebook or folder
 #   make course COURSE=../PySyft             run PySyft 0.2.6's course, Parts 01-12 bis (see README)
+#   make flower ARGS="--epochs 3"            the Flower twin (flower/), same flags as the script
+#   make flower-venv                         only build the twin's environment, .venv-flower
+#   make compare ARGS="--data-dir DIR"       PySyft and Flower side by side, one table (see README)
 
 VENV    := .venv
 PYTHON  := $(VENV)/bin/python
+FLOWER_VENV   := .venv-flower
+FLOWER_PYTHON := $(FLOWER_VENV)/bin/python
 ARGS    ?=
 # Build tools for the few source packages (psutil, tornado, phe), pinned for Python 3.8.
 # pip stays at 24.0: pip 24.1+ rejects syft 0.2.6's wheel metadata as invalid.
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
-.PHONY: run test venv bench experiments aggregation-experiments notebook course clean
+.PHONY: run test test-pysyft test-flower venv flower flower-venv compare bench experiments \
+	aggregation-experiments notebook course clean
 
 run: venv
 	$(PYTHON) federated_learning.py $(ARGS)
 
-test: venv
+# Both suites, each in its own environment; PYTEST_ARGS goes to both.
+test: test-pysyft test-flower
+
+test-pysyft: venv
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-flower: venv flower-venv
+	$(FLOWER_PYTHON) -m pytest flower/tests $(PYTEST_ARGS)
+
+# The Flower twin (flower/README.md): FedAvg, 2 clients, IID, 1 round, seed 1, MNIST in ./data by default.
+flower: flower-venv
+	$(FLOWER_PYTHON) -m flower_twin.launch $(ARGS)
+
+# PySyft and the twin with the same flags, and plain PyTorch in each environment: one table.
+compare: venv flower-venv
+	$(FLOWER_PYTHON) tools/compare.py $(ARGS)
 
 bench: venv
 	$(PYTHON) bench.py $(ARGS)
@@ -86,7 +107,7 @@ venv: $(VENV)/.installed
 # Then this project's own package: fl_tutorial and the start-up hook that lets every
 # process of .venv `import syft` and download MNIST (README, "The course").
 $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard fl_tutorial/*.py)
-	@python=$$(sh tools/find-python38.sh) || exit 1; \
+	@python=$$(sh tools/find-python.sh 3.8) || exit 1; \
 	if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 8))' 2>/dev/null; then \
 		echo "Creating $(VENV) with $$python"; rm -rf $(VENV); "$$python" -m venv $(VENV) || exit 1; \
 	fi; \
@@ -98,5 +119,22 @@ $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard fl_tutor
 	     echo "Fix the cause and run make again; it picks up where it stopped." >&2; exit 1; }
 	@touch $@
 
+# The twin's environment: CPython 3.11+ and the pins of flower/requirements.txt (no build tools
+# needed: every pin is a wheel), then the app itself, editable, so that flower_twin and the
+# tutorial's fl_tutorial are importable in every process Flower and Ray start.
+flower-venv: $(FLOWER_VENV)/.installed
+
+$(FLOWER_VENV)/.installed: flower/requirements.txt flower/pyproject.toml
+	@python=$$(sh tools/find-python.sh 3.11 3.12 3.13) || exit 1; \
+	if [ ! -x $(FLOWER_PYTHON) ] || ! $(FLOWER_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then \
+		echo "Creating $(FLOWER_VENV) with $$python"; rm -rf $(FLOWER_VENV); "$$python" -m venv $(FLOWER_VENV) || exit 1; \
+	fi; \
+	$(FLOWER_PYTHON) -m pip install --no-deps -r flower/requirements.txt \
+	&& rm -rf flower/build && $(FLOWER_PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e flower \
+	|| { echo >&2; echo "error: installing the pinned packages into $(FLOWER_VENV) failed (pip's message is above)." >&2; \
+	     echo "It needs access to PyPI the first time: torch 2.14.1 with its CUDA libraries is about 5 GB on Linux." >&2; \
+	     echo "Fix the cause and run make again; it picks up where it stopped." >&2; exit 1; }
+	@touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache build fl_tutorial.egg-info
+	rm -rf $(VENV) $(FLOWER_VENV) .pytest_cache build flower/build fl_tutorial.egg-info flower/*.egg-info

@@ -7,7 +7,6 @@ Each loop runs in its own process, on the same data and settings, so that its
 time and peak memory are its own. Prints a markdown table.
 """
 import argparse
-import ast
 import json
 import os
 import platform
@@ -17,6 +16,7 @@ import sys
 import time
 
 from fl_tutorial.cli import positive_float, positive_int
+from fl_tutorial.model import SimpleCNN
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOOPS = {
@@ -28,18 +28,6 @@ LOOPS = {
     "fedavg-in-turn": "(e1) 1 FedAvg round, 2 websocket clients, `--in-turn`",
     "fedavg-together": "(e2) 1 FedAvg round, 2 websocket clients training at once",
 }
-
-
-def simple_cnn_without_syft():
-    """SimpleCNN from federated_learning.py's source, so that plain PyTorch runs without importing syft."""
-    import torch.nn as nn
-
-    with open(os.path.join(HERE, "federated_learning.py")) as f:
-        tree = ast.parse(f.read())
-    (node,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SimpleCNN"]
-    namespace = {"nn": nn}
-    exec(compile(ast.Module(body=[node], type_ignores=[]), "federated_learning.py", "exec"), namespace)
-    return namespace["SimpleCNN"]
 
 
 def run_plain(args, pre_normalised=False):
@@ -60,7 +48,7 @@ def run_plain(args, pre_normalised=False):
     else:
         train_set = datasets.MNIST(args.data_dir, train=True, transform=mnist.TRANSFORM)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
-    model = simple_cnn_without_syft()()
+    model = SimpleCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     start, batches = time.perf_counter(), 0
     model.train()

@@ -19,7 +19,6 @@ from fl_tutorial.env import import_syft, pick_device
 sy = import_syft()  # <-- federated: checks Python 3.8, torch 1.4.0, syft 0.2.6 first
 
 import torch  # noqa: E402  (after the check, so a wrong stack gets a message, not a traceback)
-import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
@@ -28,6 +27,7 @@ from fl_tutorial import (aggregation, files, memory, mnist, partition, pointer_s
                          together, websocket_clients)
 from fl_tutorial.batches import visits  # noqa: E402
 from fl_tutorial.cli import positive_float, positive_int, probability, seed  # noqa: E402
+from fl_tutorial.model import SimpleCNN  # noqa: E402  (plain PyTorch, shared with the Flower twin in flower/)
 
 
 def create_workers(args, hook, cleanup):
@@ -64,30 +64,6 @@ def federated_mnist(args, workers):
     return sy.FederatedDataset([  # <-- federated: one dataset per client, sent to it
         sy.BaseDataset(images.index_select(0, idx).send(worker), labels.index_select(0, idx).send(worker))
         for worker, idx in zip(workers, map(torch.from_numpy, shares))]), clients  # (hooked [idx] misreads short idx)
-
-
-class SimpleCNN(nn.Module):
-    """Two conv blocks and three dense layers; returns logits (1,715,594 parameters with the defaults)."""
-
-    def __init__(self, conv1_channels=64, conv2_channels=128, linear1_size=256, linear2_size=128, dropout=0.1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, conv1_channels, kernel_size=5, padding=2)
-        self.conv2 = nn.Conv2d(conv1_channels, conv2_channels, kernel_size=3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.flatten = nn.Flatten()  # works on pointers; x.view(x.size(0), -1) does not
-        self.fc1 = nn.Linear(conv2_channels * 7 * 7, linear1_size)
-        self.fc2 = nn.Linear(linear1_size, linear2_size)
-        self.fc3 = nn.Linear(linear2_size, 10)
-        self.relu = nn.ReLU()
-        self.dropout = nn.Dropout(p=dropout)
-
-    def forward(self, x):
-        x = self.pool(self.relu(self.conv1(x)))  # 28x28 -> 14x14
-        x = self.pool(self.relu(self.conv2(x)))  # 14x14 -> 7x7
-        x = self.flatten(x)
-        x = self.dropout(self.relu(self.fc1(x)))
-        x = self.dropout(self.relu(self.fc2(x)))
-        return self.fc3(x)
 
 
 def sgd(args, parameters):

@@ -120,32 +120,44 @@ def _load_split(images_path, labels_path):
 
 
 def ensure(root, mirrors=None, md5=RAW_MD5):
-    """Make `root` ready for `torchvision.datasets.MNIST(root, download=False)`.
+    """Make `root` ready for `torchvision.datasets.MNIST(root, download=False)` of torchvision 0.5.0.
 
     Raises DataError with a message that names the folder and says how to fill it.
     """
+    paths = ensure_raw(root, mirrors, md5)
+    newest_raw = max(os.path.getmtime(p) for p in paths.values())
+    for processed, (images_name, labels_name) in SPLITS.items():
+        out = os.path.join(root, "MNIST", "processed", processed)
+        if os.path.exists(out) and os.path.getmtime(out) >= newest_raw:
+            continue
+        split = _with_advice(root, _load_split, paths[images_name], paths[labels_name])
+        atomic_write(out, lambda f: torch.save(split, f))
+
+
+def ensure_raw(root, mirrors=None, md5=RAW_MD5):
+    """The four raw files in `root`/MNIST/raw, found or downloaded; returns their paths by name.
+
+    This is all that load() needs, in any environment: the Flower twin (torch 2.x)
+    writes no processed/*.pt, which torch 1.4 could not read back.
+    """
     raw_dir = os.path.join(root, "MNIST", "raw")
+    mirrors = mirrors or configured_mirrors()
+    return _with_advice(root, lambda: {name: _find_local(raw_dir, name) or download(name, raw_dir, mirrors, md5)
+                                       for name in RAW_MD5})
+
+
+def _with_advice(root, step, *args):
+    """step(*args); a DataError gets the folder and what to put there added to its message."""
     try:
-        _prepare(raw_dir, os.path.join(root, "MNIST", "processed"), mirrors or configured_mirrors(), md5)
+        return step(*args)
     except DataError as error:
         raise DataError(
             "{}\n\nMNIST in {} is missing or damaged. Put the four files {} there "
             "(copied from any machine that has them), or remove the damaged ones and "
             "run again with network access.".format(
-                error, os.path.abspath(raw_dir), ", ".join(n + ".gz" for n in RAW_MD5)
+                error, os.path.abspath(os.path.join(root, "MNIST", "raw")), ", ".join(n + ".gz" for n in RAW_MD5)
             )
         ) from None
-
-
-def _prepare(raw_dir, processed_dir, mirrors, md5):
-    paths = {name: _find_local(raw_dir, name) or download(name, raw_dir, mirrors, md5) for name in RAW_MD5}
-    newest_raw = max(os.path.getmtime(p) for p in paths.values())
-    for processed, (images_name, labels_name) in SPLITS.items():
-        out = os.path.join(processed_dir, processed)
-        if os.path.exists(out) and os.path.getmtime(out) >= newest_raw:
-            continue
-        split = _load_split(paths[images_name], paths[labels_name])
-        atomic_write(out, lambda f: torch.save(split, f))
 
 
 def train_size(root):
@@ -159,6 +171,18 @@ def normalized(data_dir, train=True):
     bit for bit, as torchvision's per-image ToTensor + Normalize, in a fraction of the time.
     """
     dataset = datasets.MNIST(data_dir, train=train)
+    return normalize(dataset.data), dataset.targets
+
+
+def load(root, train=True, mirrors=None, md5=RAW_MD5):
+    """normalized(), read from the raw files alone (found or downloaded): no torchvision dataset, any torch."""
+    paths = ensure_raw(root, mirrors, md5)
+    images_name, labels_name = SPLITS["training.pt" if train else "test.pt"]
+    images, labels = _with_advice(root, _load_split, paths[images_name], paths[labels_name])
+    return normalize(images), labels
+
+
+def normalize(images):
+    """uint8 images (N, 28, 28) -> float (N, 1, 28, 28), normalised as TRANSFORM does."""
     (mean,), (std,) = TRANSFORM.transforms[1].mean, TRANSFORM.transforms[1].std
-    images = dataset.data.unsqueeze(1).float().div_(255).sub_(mean).div_(std)  # in place: 4x faster
-    return images, dataset.targets
+    return images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)  # in place: 4x faster

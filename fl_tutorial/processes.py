@@ -27,7 +27,7 @@ class StartError(RuntimeError):
     """A client process did not come up; the message quotes the end of its log."""
 
 
-def _die_with_parent():
+def die_with_parent():
     """Linux: the kernel sends SIGTERM to the child when the coordinator dies, even by SIGKILL."""
     try:
         import ctypes
@@ -37,11 +37,21 @@ def _die_with_parent():
         pass
 
 
+def log_tail(path, lines=3):
+    """The last non-empty lines of a process's log (what it said before it stopped), or []."""
+    try:
+        with open(path, errors="replace") as f:
+            return [line.rstrip() for line in f.readlines()[-lines:] if line.strip()]
+    except OSError:
+        return []
+
+
 class LocalClients:
     """Context manager: start one worker process per id; yields [(id, host, port)] and the token."""
 
-    def __init__(self, ids, data_dir, token_file=None, extra_args=()):
+    def __init__(self, ids, data_dir, token_file=None, extra_args=(), python=None):
         self.ids, self.data_dir, self.token_file, self.extra_args = ids, data_dir, token_file, list(extra_args)
+        self.python = python or sys.executable  # the PySyft environment's; `make compare` runs from the twin's
         self.procs, self.folder = {}, None
 
     def __enter__(self):
@@ -50,7 +60,7 @@ class LocalClients:
             if self.token_file:
                 token, token_file = security.read_token(self.token_file), self.token_file
             else:
-                token_file = os.path.join(self.folder, "token")
+                token_file = self.token_file = os.path.join(self.folder, "token")
                 token = security.write_new_token(token_file)
             for worker_id in self.ids:
                 self.procs[worker_id] = self._start(worker_id, token_file)
@@ -68,13 +78,13 @@ class LocalClients:
         return os.path.join(self.folder, worker_id + ".log")
 
     def _start(self, worker_id, token_file):
-        command = [sys.executable, "-m", "fl_tutorial.worker", "--id", worker_id, "--host", "127.0.0.1",
+        command = [self.python, "-m", "fl_tutorial.worker", "--id", worker_id, "--host", "127.0.0.1",
                    "--port", "0", "--data-dir", self.data_dir, "--token-file", token_file] + self.extra_args
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PROJECT, os.environ.get("PYTHONPATH")])),
                    PYTHONUNBUFFERED="1")
         with open(self.log_path(worker_id), "wb") as log:
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                    env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     def _wait_ready(self, worker_id):
         proc, deadline = self.procs[worker_id], time.time() + START_TIMEOUT
@@ -90,11 +100,7 @@ class LocalClients:
         raise StartError("{} did not start within {} s".format(worker_id, START_TIMEOUT))
 
     def log_tail(self, worker_id, lines=3):
-        try:
-            with open(self.log_path(worker_id), errors="replace") as f:
-                return [line.rstrip() for line in f.readlines()[-lines:] if line.strip()]
-        except OSError:
-            return []
+        return log_tail(self.log_path(worker_id), lines)
 
     def died(self):
         """The ids of the clients whose process has ended."""

@@ -1,0 +1,138 @@
+"""The twin's run configuration: [tool.flwr.app.config] in pyproject.toml, checked in one place.
+
+Each key means what the script's flag of the same name means (FLAGS), so that
+`make flower ARGS="--num-clients 3"` and `flwr run flower --run-config "num-clients=3"`
+run the same experiment as `python federated_learning.py --strategy fedavg --num-clients 3`.
+TOML has no "unset": 0 and "" stand for a flag left out.
+"""
+import argparse
+import os
+import tomllib
+from dataclasses import asdict, dataclass
+
+import tomli_w
+
+from fl_tutorial import cli
+
+APP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The script's flag -> (run config key, argparse type: the script's own checks).
+FLAGS = {
+    "--num-clients": ("num-clients", cli.positive_int),
+    "--epochs": ("num-server-rounds", cli.positive_int),
+    "--local-epochs": ("local-epochs", cli.positive_int),
+    "--lr": ("lr", cli.positive_float),
+    "--batch-size": ("batch-size", cli.positive_int),
+    "--test-batch-size": ("test-batch-size", cli.positive_int),
+    "--seed": ("seed", cli.seed),
+    "--partition": ("partition", str),
+    "--shards-per-client": ("shards-per-client", cli.positive_int),
+    "--dirichlet-alpha": ("dirichlet-alpha", cli.positive_float),
+    "--dropout": ("dropout", cli.probability),
+    "--max-batches": ("max-batches", cli.positive_int),
+    "--data-dir": ("data-dir", str),
+    "--metrics-out": ("metrics-out", str),
+    "--plot": ("plot", str),
+    "--save-model": ("save-model", str),
+    "--device": ("device", str),
+}
+CHOICES = {"partition": ("iid", "noniid"), "device": ("auto", "cpu", "cuda", "mps")}
+OFF_WHEN_ZERO = {"shards-per-client", "dirichlet-alpha", "max-batches"}  # 0: the flag is not given
+PATHS = ("data-dir", "metrics-out", "plot", "save-model")
+CLIENT_FAILED = 101  # the error code of a ClientApp's reply that says, in one line, why it cannot go on
+
+
+class ConfigError(ValueError):
+    """A run config value the twin cannot run with; the message names the key and what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    num_clients: int
+    rounds: int
+    local_epochs: int
+    lr: float
+    batch_size: int
+    test_batch_size: int
+    seed: int
+    partition: str
+    shards_per_client: int | None
+    dirichlet_alpha: float | None
+    dropout: float
+    max_batches: int | None
+    data_dir: str
+    metrics_out: str | None
+    plot: str | None
+    save_model: str | None
+    device: str
+
+    def rule(self):
+        """How the training set is split: the same rule, and so the same shares, as the script's."""
+        return {"partition": self.partition, "num_clients": self.num_clients, "seed": self.seed,
+                "shards_per_client": self.shards_per_client, "dirichlet_alpha": self.dirichlet_alpha}
+
+    def as_script_args(self):
+        """The script's names for these settings, for the metrics file (one reader serves both)."""
+        values = asdict(self)
+        values["epochs"] = values.pop("rounds")
+        return dict(values, strategy="fedavg", aggregation="server", system="flower")
+
+
+def defaults():
+    """[tool.flwr.app.config] of the app's pyproject.toml."""
+    with open(os.path.join(APP_DIR, "pyproject.toml"), "rb") as f:
+        return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+def settings(run_config):
+    """Check a whole run config (defaults plus overrides); returns Settings or raises ConfigError."""
+    keys = {key: kind for key, kind in FLAGS.values()}
+    unknown = sorted(set(run_config) - set(keys))
+    if unknown:
+        raise ConfigError("unknown run config key {}; the keys are: {}".format(unknown[0], ", ".join(sorted(keys))))
+    values = {}
+    for key, kind in keys.items():
+        if key not in run_config:
+            raise ConfigError("run config key {} is missing".format(key))
+        values[key] = _value(key, kind, run_config[key])
+    if values["partition"] == "iid" and (values["shards-per-client"] or values["dirichlet-alpha"]):
+        raise ConfigError("shards-per-client and dirichlet-alpha need partition=\"noniid\"")
+    if values["shards-per-client"] and values["dirichlet-alpha"]:
+        raise ConfigError("choose one of shards-per-client and dirichlet-alpha")
+    if values["partition"] == "noniid" and not values["dirichlet-alpha"]:
+        values["shards-per-client"] = values["shards-per-client"] or 2
+    return Settings(
+        num_clients=values["num-clients"], rounds=values["num-server-rounds"], local_epochs=values["local-epochs"],
+        lr=values["lr"], batch_size=values["batch-size"], test_batch_size=values["test-batch-size"],
+        seed=values["seed"], partition=values["partition"], shards_per_client=values["shards-per-client"],
+        dirichlet_alpha=values["dirichlet-alpha"], dropout=values["dropout"], max_batches=values["max-batches"],
+        data_dir=values["data-dir"], metrics_out=values["metrics-out"], plot=values["plot"],
+        save_model=values["save-model"], device=values["device"])
+
+
+def _value(key, kind, value):
+    """One value, checked as the script checks its flag; 0 or "" where that means 'not given'."""
+    if key in OFF_WHEN_ZERO and value == 0 and not isinstance(value, bool):
+        return None
+    if key in PATHS:
+        if not isinstance(value, str) or (key == "data-dir" and not value):
+            raise ConfigError("{} must be a path in quotes, got {!r}".format(key, value))
+        return value or None
+    if key in CHOICES:
+        if value not in CHOICES[key]:
+            raise ConfigError("{} must be one of {}, got {!r}".format(
+                key, ", ".join('"{}"'.format(c) for c in CHOICES[key]), value))
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError("{} must be a number, got {!r}".format(key, value))
+    try:
+        return kind(str(value))
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError("{}={}: {}".format(key, value, error)) from None
+
+
+def write_overrides(path, values):
+    """A run config file for `flwr run --run-config FILE` (a file, as a string of pairs cannot hold spaces)."""
+    with open(path, "wb") as f:
+        tomli_w.dump(values, f)
+    return path

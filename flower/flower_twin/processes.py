@@ -1,0 +1,118 @@
+"""The processes of a local federation (SuperLink, SuperNodes and what they start), stopped whatever happens.
+
+Each runs in its own session, so that Ctrl-C reaches the launcher alone, which
+then stops them in order; on Linux they also get SIGTERM if the launcher dies.
+Flower and Ray start processes of their own (SuperExec, ServerApp, ClientApps,
+Ray's raylet and workers), some in sessions of their own: every process started
+here carries a marker in its environment, which its descendants inherit, and on
+Linux stop() ends every process that carries it.
+"""
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+from fl_tutorial.processes import die_with_parent, log_tail
+
+MARKER = "FLOWER_TWIN_RUN"
+STOP_TIMEOUT = 15  # s; Flower's SuperExec outlives its SuperNode by about 10 s
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that is free now (servers here take a port number, not 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, timeout):
+    """True once 127.0.0.1:port accepts connections; False if proc ends or timeout passes first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+class Processes:
+    """Started processes by name, with their logs in `folder`; stop() ends them and everything they started."""
+
+    def __init__(self, folder, env):
+        self.folder, self.procs = folder, {}
+        self.env = dict(env, **{MARKER: uuid.uuid4().hex})
+
+    def start(self, name, command, **env):
+        """Start `command` as `name`, with the common environment plus `env`."""
+        with open(self.log_path(name), "ab") as log:
+            self.procs[name] = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                                env=dict(self.env, **env), cwd=self.folder, start_new_session=True,
+                                                preexec_fn=die_with_parent)
+        return self.procs[name]
+
+    def log_path(self, name):
+        return os.path.join(self.folder, name + ".log")
+
+    def log_tail(self, name, lines=3):
+        return log_tail(self.log_path(name), lines)
+
+    def ended(self):
+        """Names of the processes that have ended, with their exit status."""
+        return {name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None}
+
+    def stop(self, name=None, sig=signal.SIGTERM):
+        """Signal a process's whole session (or every process's); SIGKILL what is left after STOP_TIMEOUT."""
+        names = [name] if name else list(self.procs)
+        for n in names:
+            _signal_group(self.procs[n], sig)
+        deadline = time.time() + STOP_TIMEOUT
+        for n in names:
+            try:
+                self.procs[n].wait(max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(self.procs[n], signal.SIGKILL)
+            self.procs[n].wait()
+        if name is None:
+            self.sweep(deadline)
+
+    def sweep(self, deadline):
+        """Linux: end every process that carries this federation's marker (Ray's, in their own sessions)."""
+        while time.time() < deadline + STOP_TIMEOUT:
+            left = marked(self.env[MARKER])
+            if not left:
+                return
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGTERM if time.time() < deadline else signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.2)
+
+
+def _signal_group(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)  # its own session: the process group has its id
+        if sig == signal.SIGTERM:
+            os.killpg(proc.pid, signal.SIGCONT)  # a stopped (frozen) process handles SIGTERM only once it runs
+    except OSError:
+        pass
+
+
+def marked(value, name=MARKER):
+    """The pids of this user's processes whose environment holds NAME=value (Linux; [] elsewhere)."""
+    needle = "{}={}".format(name, value).encode()
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open("/proc/{}/environ".format(entry), "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids

@@ -1,0 +1,106 @@
+"""The task, apart from Flower: the tutorial's model, a client's share of MNIST, plain PyTorch train and test.
+
+Nothing here knows about Flower; client_app.py and server_app.py call it.
+The model, the split of the training set and the MNIST files come from the
+PySyft tutorial's own code (fl_tutorial/), so the same settings give the same
+SimpleCNN and the same samples on every client.
+"""
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from fl_tutorial import mnist, partition
+from fl_tutorial.model import SimpleCNN  # noqa: F401  (re-exported: the apps build it from here)
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that this machine's torch cannot use."""
+
+
+def pick_device(name):
+    """auto: CUDA, then Apple's MPS, then the CPU; cpu, cuda or mps: that one, or DeviceError."""
+    usable = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if usable[d]))
+    if not usable[name]:
+        raise DeviceError("device {} is not available here (torch {}{}); use device \"auto\" or \"cpu\"".format(
+            name, torch.__version__, ", built without CUDA" if name == "cuda" and not torch.version.cuda else ""))
+    return torch.device(name)
+
+
+def client_name(index):
+    """partition 0 is client1, as in the script."""
+    return "client{}".format(index + 1)
+
+
+@functools.lru_cache(maxsize=1)
+def load_share(data_dir, rule_items, index):
+    """This client's share of the training set, as the script's clients cut it: (images, labels).
+
+    rule_items is Settings.rule() as a tuple of pairs (hashable, for the cache: a
+    simulated client keeps its share between rounds).
+    """
+    images, labels = mnist.load(data_dir, train=True)
+    rule = dict(rule_items)
+    if not 0 <= index < rule["num_clients"]:
+        raise partition.PartitionError("partition-id {} is outside 0 to {}".format(index, rule["num_clients"] - 1))
+    share = torch.from_numpy(partition.split(labels.numpy(), rule)[index])
+    return images.index_select(0, share), labels.index_select(0, share)
+
+
+def round_seed(seed, server_round, index):
+    """The seed of one client's round: its batches and dropout, whatever process or machine runs it."""
+    return (seed * 1_000_003 + server_round * 1_009 + index) % 2 ** 32
+
+
+def batches(n, batch_size, generator, max_batches=None):
+    """Index tensors of one pass over n samples, in the order of torch's RandomSampler(generator=generator)."""
+    order = torch.tensor(list(torch.utils.data.RandomSampler(range(n), generator=generator)))
+    for count, start in enumerate(range(0, n, batch_size)):
+        if max_batches is not None and count >= max_batches:
+            return
+        yield order[start:start + batch_size]
+
+
+def train(model, images, labels, *, epochs, lr, batch_size, seed, device, max_batches=None):
+    """Plain PyTorch SGD, as the script's clients run it; returns the mean training loss per sample."""
+    torch.manual_seed(seed)  # dropout
+    generator = torch.Generator().manual_seed(seed)  # the order of the samples
+    model.to(device).train()
+    images, labels = images.to(device), labels.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_sum, seen = 0.0, 0
+    for _ in range(epochs):
+        for idx in batches(len(labels), batch_size, generator, max_batches):
+            idx = idx.to(device)
+            data, target = images.index_select(0, idx), labels.index_select(0, idx)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(data), target)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+    return loss_sum / max(seen, 1)
+
+
+def test(model, images, labels, batch_size, device):
+    """The script's test(): loss, accuracy and per-class accuracy on the server's test set, and its line."""
+    model.to(device).eval()
+    test_loss, correct = 0.0, 0
+    per_class, per_class_total = torch.zeros(10), torch.zeros(10)
+    with torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            data = images[start:start + batch_size].to(device)
+            target = labels[start:start + batch_size].to(device)
+            output = model(data)
+            test_loss += F.cross_entropy(output, target, reduction="sum").item()
+            hits = (output.argmax(dim=1) == target).cpu()
+            correct += hits.sum().item()
+            per_class += torch.bincount(target.cpu(), weights=hits.float(), minlength=10)
+            per_class_total += torch.bincount(target.cpu(), minlength=10).float()
+    n = len(labels)
+    test_loss /= n
+    print("\nTest set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)\n".format(
+        test_loss, correct, n, 100.0 * correct / n), flush=True)
+    return test_loss, correct / n, (per_class / per_class_total.clamp(min=1)).tolist()
