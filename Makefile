@@ -13,6 +13,7 @@
 #   make flower ARGS="--epochs 3"            the Flower twin (flower/), same flags as the script
 #   make flower-venv                         only build the twin's environment, .venv-flower
 #   make compare ARGS="--data-dir DIR"       PySyft and Flower side by side, one table (see README)
+#   make fuzz                                5,000 broken messages to each end of the wire (see README)
 
 VENV    := .venv
 PYTHON  := $(VENV)/bin/python
@@ -23,7 +24,7 @@ ARGS    ?=
 # pip stays at 24.0: pip 24.1+ rejects syft 0.2.6's wheel metadata as invalid.
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
-.PHONY: run test test-pysyft test-flower venv flower flower-venv compare bench experiments \
+.PHONY: run test test-pysyft test-flower fuzz venv flower flower-venv compare bench experiments \
 	aggregation-experiments notebook course clean
 
 run: venv
@@ -37,6 +38,12 @@ test-pysyft: venv
 
 test-flower: venv flower-venv
 	$(FLOWER_PYTHON) -m pytest flower/tests $(PYTEST_ARGS)
+
+# The wire fuzzed longer than make test does (README, "Security"): FUZZ_CASES broken messages to a
+# worker, and as many broken replies to the coordinator.
+FUZZ_CASES ?= 5000
+fuzz: venv
+	FL_TUTORIAL_FUZZ_CASES=$(FUZZ_CASES) $(PYTHON) -m pytest -s -q tests/test_wire_fuzz.py $(PYTEST_ARGS)
 
 # The Flower twin (flower/README.md): FedAvg, 2 clients, IID, 1 round, seed 1, MNIST in ./data by default.
 flower: flower-venv

@@ -24,7 +24,7 @@ import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
 from fl_tutorial import (aggregation, files, memory, mnist, partition, pointer_sgd, report, security,  # noqa: E402
-                         together, websocket_clients)
+                         together, websocket_clients, wire)
 from fl_tutorial.batches import visits  # noqa: E402
 from fl_tutorial.cli import positive_float, positive_int, probability, seed  # noqa: E402
 from fl_tutorial.model import SimpleCNN  # noqa: E402  (plain PyTorch, shared with the Flower twin in flower/)
@@ -360,5 +360,5 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         sys.exit("Interrupted.")
-    except (websocket_clients.ClientError, aggregation.AggregationError) as error:  # a client is gone; no average
-        sys.exit("error: {}".format(error))
+    except (websocket_clients.ClientError, aggregation.AggregationError, wire.Refused) as error:
+        sys.exit("error: {}".format(error))  # a client is gone, or sent what this side refuses; no average

@@ -49,9 +49,10 @@ def log_tail(path, lines=3):
 class LocalClients:
     """Context manager: start one worker process per id; yields [(id, host, port)] and the token."""
 
-    def __init__(self, ids, data_dir, token_file=None, extra_args=(), python=None):
+    def __init__(self, ids, data_dir, token_file=None, extra_args=(), python=None, module="fl_tutorial.worker"):
         self.ids, self.data_dir, self.token_file, self.extra_args = ids, data_dir, token_file, list(extra_args)
         self.python = python or sys.executable  # the PySyft environment's; `make compare` runs from the twin's
+        self.module = module  # the tests start malicious clients this way
         self.procs, self.folder = {}, None
 
     def __enter__(self):
@@ -78,7 +79,7 @@ class LocalClients:
         return os.path.join(self.folder, worker_id + ".log")
 
     def _start(self, worker_id, token_file):
-        command = [self.python, "-m", "fl_tutorial.worker", "--id", worker_id, "--host", "127.0.0.1",
+        command = [self.python, "-m", self.module, "--id", worker_id, "--host", "127.0.0.1",
                    "--port", "0", "--data-dir", self.data_dir, "--token-file", token_file] + self.extra_args
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PROJECT, os.environ.get("PYTHONPATH")])),
                    PYTHONUNBUFFERED="1")

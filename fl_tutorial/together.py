@@ -9,7 +9,8 @@ Results are those of training the clients one after the other, because
 - each thread talks only to its own client, over its own connection, and
   Python's cyclic garbage collector waits until all are done, so that no
   pointer of one client is deleted from another client's thread mid-exchange.
-If one client fails, the others stop at their next batch and its error is raised.
+If one client fails, the others stop at their next batch and its error is raised;
+on Ctrl-C or SIGTERM all of them stop at their next batch before the run goes on.
 """
 import gc
 import threading
@@ -32,7 +33,12 @@ def train_together(train_copy, visits):
     try:
         with ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="client") as pool:
             futures = [pool.submit(train_copy, worker, until_stopped(batches)) for worker, batches in jobs]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C, SIGTERM: the clients' threads finish their batch and stop, so that
+                stop.set()  # none of them still talks to its client while the run closes the connections
+                wait(futures)
+                raise
             if any(f.exception() is not None for f in done):
                 stop.set()
                 wait(futures)

@@ -12,6 +12,7 @@ that keep syft's wire format (a stock WebsocketServerWorker still understands it
 """
 import binascii
 import contextlib
+import functools
 import os
 import signal
 import ssl
@@ -20,11 +21,12 @@ import time
 
 import websocket
 
-from fl_tutorial import env, partition, processes, security
+from fl_tutorial import env, partition, processes, security, wire
 
 CONNECT_RETRY_SECONDS = 10
 REPLY_TIMEOUT = 30  # seconds without an answer before a client counts as gone
 SHARE_QUERY = ["#mnist", "#train"]
+NONE_REPLY = b"\x28\xc0"  # syft's serialisation of None (uncompressed msgpack nil)
 
 
 class ClientError(RuntimeError):
@@ -50,14 +52,16 @@ def parse_connect(text):
     return clients
 
 
+@functools.lru_cache(maxsize=None)
 def make_client_class():
+    """One class per process: syft refuses a second worker of the same id but another class."""
     from syft.workers.websocket_client import WebsocketClientWorker
 
     class Client(WebsocketClientWorker):
         """syft's WebsocketClientWorker, connecting safely and failing cleanly."""
 
         def __init__(self, hook, host, port, id, token=None, sslopt=None):
-            self.token, self.sslopt = token, sslopt
+            self.token, self.sslopt, self.given_up = token, sslopt, False
             super().__init__(hook, host=host, port=port, secure=sslopt is not None, id=id)
 
         @property
@@ -76,6 +80,7 @@ def make_client_class():
                         self.url, timeout=REPLY_TIMEOUT, skip_utf8_validation=True,
                         header=[security.authorization(self.token)] if self.token else [],
                         sslopt=self.sslopt or {})
+                    self.given_up = False
                     break
                 except (ConnectionRefusedError, ConnectionResetError) as error:
                     if time.time() > deadline:
@@ -103,24 +108,46 @@ def make_client_class():
             return self._forward_to_websocket_server_worker(message)
 
         def _forward_to_websocket_server_worker(self, message):
-            """syft's exchange (hex text each way), with every way of losing the client named."""
+            """syft's exchange (hex text each way), with every way of losing the client named.
+
+            Once this side has given up on the connection (the client failed, Ctrl-C,
+            the run is over), pointers that Python deletes late have nothing to free
+            there: their messages get syft's None, quietly, instead of a printed traceback.
+            """
+            if self.given_up:
+                return NONE_REPLY
             try:
                 self.ws.send(str(binascii.hexlify(message)))
                 reply = self.ws.recv()
+            except (KeyboardInterrupt, SystemExit):  # in mid-exchange: half a reply may be left unread
+                self.close()
+                raise
             except websocket.WebSocketTimeoutException:
-                raise self.error("gave no answer for {} s; the run stops here".format(REPLY_TIMEOUT)) from None
-            except (websocket.WebSocketException, OSError) as error:
-                raise self.error("stopped answering ({}); the run stops here".format(
+                raise self.lost("gave no answer for {} s; the run stops here".format(REPLY_TIMEOUT)) from None
+            except (websocket.WebSocketException, OSError, UnicodeDecodeError) as error:  # gone, or garbled
+                raise self.lost("stopped answering ({}); the run stops here".format(
                     type(error).__name__ if not str(error) else error)) from None
-            if not reply.startswith("b'"):
-                raise self.error("closed the connection; the run stops here")
-            return binascii.unhexlify(reply[2:-1])
+            if not isinstance(reply, str) or not reply.startswith("b'"):
+                raise self.lost("closed the connection, or sent something that is not syft's hex text; "
+                                "the run stops here")
+            try:
+                reply = binascii.unhexlify(reply[2:-1])
+            except (binascii.Error, ValueError) as error:
+                raise self.lost("sent a reply that is not hex text ({}); the run stops here".format(error)) from None
+            wire.receiving_from("{} at {}".format(self.id, self.address))  # named if the reply is refused
+            return reply
+
+        def lost(self, text):
+            """The error for a client this side gives up on."""
+            self.close()
+            return self.error(text)
 
         def load_share(self, rule, index):
             """Ask the client to keep its share of its own MNIST; returns its label histogram."""
             return self._send_msg_and_deserialize("load_share", rule=rule, index=index)
 
         def close(self):
+            self.given_up = True
             if self.ws is not None:
                 try:
                     self.ws.close(timeout=1)

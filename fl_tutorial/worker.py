@@ -8,7 +8,8 @@ The worker reads MNIST from its own --data-dir and keeps only its share of the
 training set; the coordinator (`federated_learning.py --workers websocket`)
 sends the rule of the split, never samples, and finds the share by its tags.
 It binds 127.0.0.1 unless told otherwise, and refuses to listen on any other
-address without a token (see fl_tutorial/security.py for why).
+address without a token (see fl_tutorial/security.py for why). It runs only
+what training needs, and unpickles no code (fl_tutorial/wire.py).
 """
 import argparse
 import asyncio
@@ -19,7 +20,7 @@ import sys
 
 import websockets
 
-from fl_tutorial import security
+from fl_tutorial import security, wire
 from fl_tutorial.env import import_syft
 
 SHARE_TAGS = ("#mnist", "#train")
@@ -58,8 +59,8 @@ def check_args(parser, args):
         parser.error("--port {}: must be 0 to 65535".format(args.port))
     if not is_loopback(args.host) and not args.token_file:
         parser.error(
-            "--host {}: listening beyond this machine needs --token-file. syft 0.2.6 unpickles what it "
-            "receives, so anyone who reaches this port could run code here as you. Make a token with\n"
+            "--host {}: listening beyond this machine needs --token-file: whoever reaches this port could "
+            "read this client's data and make it compute (that is how syft trains). Make a token with\n"
             "    {}\nand give the same file to the coordinator (--token-file).".format(
                 args.host, security.MAKE_TOKEN))
     if bool(args.cert) != bool(args.key):
@@ -70,6 +71,13 @@ def check_args(parser, args):
     except security.SecurityError as error:
         parser.error(str(error))
     return token, context
+
+
+def _allow(kind, name, allowed, what):
+    """Refuse `name` unless it is in `allowed` (wire.record()s it, to measure the list)."""
+    wire.record(kind, name)
+    if name not in allowed and not wire.recording():
+        wire.refuse("{}: {}".format(what, str(name)[:200]))
 
 
 def make_owner_class(sy):
@@ -83,6 +91,31 @@ def make_owner_class(sy):
         def __init__(self, hook, host, port, id, data_dir, token, ssl_context):
             super().__init__(hook, host=host, port=port, id=id)
             self.data_dir, self.token, self.ssl_context = data_dir, token, ssl_context
+            self.accepts_foreign_pointers = False  # it knows no other worker (fl_tutorial/wire.py)
+            self._message_router = {kind: self._only_known(kind, handler)
+                                    for kind, handler in self._message_router.items()}
+
+        @staticmethod
+        def _only_known(kind, handler):
+            """A kind of message that training never sends (a Plan, say) is refused, not handled."""
+            def checked(message):
+                _allow("message", kind.__name__, wire.MESSAGES, "a kind of message this worker does not take")
+                return handler(message)
+            return checked
+
+        def execute_worker_command(self, message):
+            _allow("command", message.command_name, wire.COMMANDS, "a worker command this worker does not run")
+            return super().execute_worker_command(message)
+
+        def execute_computation_action(self, action):
+            """syft calls any method the message names, on a stored object or on the worker itself."""
+            if action.target is None:  # a function, e.g. torch.nn.functional.relu
+                _allow("function", action.name, wire.FUNCTIONS, "a function this worker does not run")
+            elif isinstance(action.target, str):  # "self" (the worker) or a tag
+                _allow("worker-method", action.name, wire.WORKER_METHODS, "a method this worker does not run")
+            else:  # an object in the worker's store: a tensor, a pointer
+                _allow("method", action.name, wire.METHODS, "a method this worker does not run on its objects")
+            return super().execute_computation_action(action)
 
         def load_share(self, rule, index):
             """Worker command: keep this client's share of MNIST's training set, as `rule` splits it.
@@ -118,13 +151,17 @@ def make_owner_class(sy):
                     pass
 
             async def produce():
+                peer = "{}:{}".format(*websocket.remote_address[:2]) if websocket.remote_address else "?"
                 while True:
                     message = await queue.get()
                     try:
                         reply = self._hex_reply(message)
-                    except Exception as error:  # a failing command: say so here, then drop the connection
-                        log(self.id, "a command failed ({}: {}); closing the connection".format(
-                            type(error).__name__, error))
+                    except wire.Refused as error:  # nothing of it ran: say so here, then drop the connection
+                        log(self.id, "refused a message from {} ({}); closing the connection".format(peer, error))
+                        return
+                    except Exception as error:  # a failing command: likewise
+                        log(self.id, "a command from {} failed ({}: {}); closing the connection".format(
+                            peer, type(error).__name__, str(error)[:300]))
                         return
                     await websocket.send(reply)
 
@@ -137,7 +174,13 @@ def make_owner_class(sy):
             """syft 0.2.6's wire format: a message is str(hexlify(bytes)), that is "b'...'"."""
             import binascii
 
-            return str(binascii.hexlify(self._recv_msg(binascii.unhexlify(message[2:-1]))))
+            if not isinstance(message, str) or not message.startswith("b'"):
+                wire.refuse("a message that is not syft's hex text")
+            try:
+                message = binascii.unhexlify(message[2:-1])
+            except (binascii.Error, ValueError) as error:
+                wire.refuse("a message that is not hex text ({})".format(error))
+            return str(binascii.hexlify(self._recv_msg(message)))
 
         def serve(self, on_ready):
             """Listen (checking the token in the handshake), call on_ready(url), serve until stopped."""
@@ -155,7 +198,7 @@ def make_owner_class(sy):
             asyncio.set_event_loop(loop)
             server = loop.run_until_complete(websockets.serve(
                 self._handler, self.host, self.port, ssl=self.ssl_context, create_protocol=Protocol,
-                max_size=None, ping_timeout=None, close_timeout=1))
+                max_size=2 * wire.MAX_MESSAGE_BYTES + 3, ping_timeout=None, close_timeout=1))  # hex: 2 chars a byte
             port = server.sockets[0].getsockname()[1]
             on_ready("{}://{}:{}".format("wss" if self.ssl_context else "ws", self.host, port))
             for signum in (signal.SIGTERM, signal.SIGINT):
