@@ -25,8 +25,20 @@ LOOPS = {
     "every-batch": "(b) course loop, `--sync every-batch`",
     "per-visit": "(c) default loop, `--sync per-visit`",
     "websocket": "(d) default loop, `--workers websocket` (2 client processes)",
-    "fedavg-in-turn": "(e1) 1 FedAvg round, 2 websocket clients, `--in-turn`",
-    "fedavg-together": "(e2) 1 FedAvg round, 2 websocket clients training at once",
+    "fedavg-in-turn": "(e1) 1 FedAvg round, 2 websocket clients, `--train-on coordinator --in-turn`",
+    "fedavg-together": "(e2) 1 FedAvg round, 2 websocket clients, `--train-on coordinator`, at once",
+    "client-in-turn": "(f1) 1 FedAvg round, 2 websocket clients, `--train-on client --in-turn`",
+    "client-together": "(f2) 1 FedAvg round, 2 websocket clients, `--train-on client`, at once (the default)",
+}
+WEBSOCKET = ["--workers", "websocket"]
+FLAGS = {  # what each loop passes to federated_learning.py
+    "every-batch": ["--sync", "every-batch"],
+    "per-visit": [],
+    "websocket": WEBSOCKET,
+    "fedavg-in-turn": WEBSOCKET + ["--strategy", "fedavg", "--train-on", "coordinator", "--in-turn"],
+    "fedavg-together": WEBSOCKET + ["--strategy", "fedavg", "--train-on", "coordinator"],
+    "client-in-turn": WEBSOCKET + ["--strategy", "fedavg", "--train-on", "client", "--in-turn"],
+    "client-together": WEBSOCKET + ["--strategy", "fedavg", "--train-on", "client"],
 }
 
 
@@ -73,14 +85,9 @@ def run_federated(args, loop):
     import federated_learning as fl
     from fl_tutorial import report
 
-    websocket = loop == "websocket" or loop.startswith("fedavg")
-    fedavg = ["--strategy", "fedavg"] if loop.startswith("fedavg") else []
-    fedavg += ["--in-turn"] if loop == "fedavg-in-turn" else []
-    script_args = fl.parse_args(fedavg + ["--sync", loop if loop in ("every-batch", "per-visit") else "per-visit",
-                                 "--workers", "websocket" if websocket else "virtual",
-                                 "--data-dir", args.data_dir, "--lr", str(args.lr),
-                                 "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-                                 "--log-interval", str(10 ** 9)]
+    script_args = fl.parse_args(FLAGS[loop] + ["--data-dir", args.data_dir, "--lr", str(args.lr),
+                                               "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+                                               "--log-interval", str(10 ** 9)]
                                 + (["--max-batches", str(args.max_batches)] if args.max_batches else []))
     torch.manual_seed(script_args.seed)
     hook = fl.sy.TorchHook(torch)
@@ -248,10 +255,14 @@ def versions():
 
 
 def table(results, args):
-    plain = results["plain"]
+    """Ratios are to the fastest plain PyTorch row of this run, per batch."""
+    plain_rows = [loop for loop in ("plain", "plain-tensors") if loop in results]
+    reference = min(plain_rows, key=lambda loop: results[loop]["train_s"] / results[loop]["batches"])
+    plain = results[reference]
+    name = LOOPS[reference].split()[0]
     rows = [
-        "| loop | federate s | ms / batch | msgs / batch | epoch s | run s | test acc. | peak MB | ms / batch vs (a) "
-        "| run vs (a) | memory vs (a) |",
+        "| loop | federate s | ms / batch | msgs / batch | epoch s | run s | test acc. | peak MB | ms / batch vs {0} "
+        "| run vs {0} | memory vs {0} |".format(name),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for loop, r in results.items():
@@ -262,8 +273,8 @@ def table(results, args):
             "-" if r["messages"] is None else "{:.0f}".format(r["messages"] / r["batches"]), r["train_s"],
             r["run_s"], r["accuracy"], r["peak_mb"], ms / plain_ms, r["run_s"] / plain["run_s"],
             r["peak_mb"] / plain["peak_mb"]))
-    batches = plain["batches"]
-    header = "{} batches of {} (seed {}, lr {}); {}.".format(batches, args.batch_size, args.seed, args.lr, versions())
+    header = "{} batches of {} (seed {}, lr {}); {}; ratios to {}, the fastest plain PyTorch here.".format(
+        plain["batches"], args.batch_size, args.seed, args.lr, versions(), name)
     return header + "\n\n" + "\n".join(rows)
 
 
@@ -275,7 +286,7 @@ def main():
     parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default: 64)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     parser.add_argument("--loops", nargs="+", choices=list(LOOPS), default=list(LOOPS),
-                        help="which loops to run (default: all; plain is always run, as the reference)")
+                        help="which loops to run (default: all; both plain loops always run: the reference)")
     parser.add_argument("--profile", choices=("virtual", "websocket"),
                         help="instead of the table: where the default loop's time goes, with these workers")
     parser.add_argument("--child", choices=list(LOOPS), help=argparse.SUPPRESS)
@@ -294,7 +305,7 @@ def main():
         mnist.ensure(args.data_dir)  # once, outside the timings
     except mnist.DataError as error:
         sys.exit("error: {}".format(error))
-    loops = ["plain"] + [loop for loop in LOOPS if loop in args.loops and loop != "plain"]
+    loops = ["plain", "plain-tensors"] + [loop for loop in LOOPS if loop in args.loops and not loop.startswith("plain")]
     results = {}
     for loop in loops:
         print("running {} ...".format(LOOPS[loop]), file=sys.stderr, flush=True)

@@ -23,8 +23,8 @@ import torch.nn.functional as F  # noqa: E402
 import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from fl_tutorial import (aggregation, files, memory, mnist, partition, pointer_sgd, report, security,  # noqa: E402
-                         together, websocket_clients, wire)
+from fl_tutorial import (aggregation, client_training, files, memory, mnist, partition, pointer_sgd,  # noqa: E402
+                         report, security, together, websocket_clients, wire)
 from fl_tutorial.batches import visits  # noqa: E402
 from fl_tutorial.cli import positive_float, positive_int, probability, seed  # noqa: E402
 from fl_tutorial.model import SimpleCNN  # noqa: E402  (plain PyTorch, shared with the Flower twin in flower/)
@@ -50,7 +50,7 @@ def federated_mnist(args, workers):
     Returns the federated dataset and, per client, its sample count and label histogram.
     """
     if args.data_from == "clients":  # <-- federated: each client reads its own share; only the rule is sent
-        return websocket_clients.own_shares(sy, workers, partition.rule(args))
+        return websocket_clients.own_shares(sy, workers, partition.rule(args), pointers=args.train_on == "coordinator")
     names = [w.id for w in workers]
     if args.sync == "every-batch":  # the course: torchvision transforms image by image (~16 s)
         train_set = datasets.MNIST(args.data_dir, train=True, transform=mnist.TRANSFORM)
@@ -92,6 +92,10 @@ def train_on_client(model, device, optimizer, batches):
 def train(args, model, device, federated_train_loader, optimizer, progress):
     """The course's model passing: one model travels from client to client."""
     model.train()
+    if args.train_on == "client":  # <-- federated: steps 4 and 5 in one request, the client trains its visit itself
+        for worker, passes in client_training.plans(federated_train_loader, args.max_batches):
+            model.load_state_dict(client_training.train_visit(worker, model, passes, args, progress)[1])
+        return
     # A visit is one client and the batches trained there: every batch on its own with
     # --sync every-batch (the course), else all of the client's consecutive batches.
     for worker, batches in visits(federated_train_loader, args.sync == "every-batch", args.max_batches):
@@ -111,11 +115,21 @@ def train_fedavg(args, model, device, federated_train_loader, progress, averagin
             progress.update(worker.id, n, loss)
         return len(federated_train_loader.federated_dataset[worker.id]), local_model
 
-    clients = visits(federated_train_loader, max_batches=args.max_batches, local_epochs=args.local_epochs)
-    if args.workers == "websocket" and not args.in_turn:  # <-- federated: separate processes train at once
-        updates = together.train_together(train_copy, clients)
+    def train_own_copy(worker, passes):  # <-- federated: steps 4 and 5 in one request, the client trains its copy
+        samples = len(federated_train_loader.federated_dataset[worker.id])
+        return samples, client_training.train_visit(worker, model, passes, args, progress, threads)[1]
+
+    if args.train_on == "client":  # --workers websocket's default for FedAvg (fl_tutorial/client_training.py)
+        train_one = train_own_copy
+        clients = list(client_training.plans(federated_train_loader, args.max_batches, args.local_epochs))
+        threads = websocket_clients.threads_per_client(args, training=len(clients))  # their share of the cores
     else:
-        updates = [train_copy(worker, batches) for worker, batches in clients]
+        train_one = train_copy
+        clients = visits(federated_train_loader, max_batches=args.max_batches, local_epochs=args.local_epochs)
+    if args.workers == "websocket" and not args.in_turn:  # <-- federated: separate processes train at once
+        updates = together.train_together(train_one, clients)
+    else:
+        updates = [train_one(worker, batches) for worker, batches in clients]
     # <-- federated: step 5, the server gets the weighted average of the copies; with --aggregation
     # server every copy comes back, with trusted or secure only the average does (fl_tutorial/aggregation.py)
     model.load_state_dict(averaging.average(updates))
@@ -232,6 +246,10 @@ def build_parser():
                         help="websocket with --connect: the clients serve wss://; verify them against this CA")
     remote.add_argument("--in-turn", action="store_true",
                         help="websocket with fedavg: train the clients one after the other, not at the same time")
+    remote.add_argument("--train-on", choices=("coordinator", "client"),
+                        help="websocket: who runs training: the coordinator, step by step through pointers, as in "
+                             "the course (default for sequential); or each client, on its own share, one request "
+                             "per visit (default for fedavg; the clients this run starts are then train-only)")
     remote.add_argument("--data-from", choices=("clients", "server"),
                         help="websocket: clients read their own MNIST and keep their share (default), or the "
                              "server sends each its share with .federate(), as the course does")
@@ -274,7 +292,7 @@ def check_workers_args(parser, args):
     """--workers websocket and its companions; fills in --num-clients from --connect and --data-from."""
     websocket_flags = [flag for flag, value in (("--connect", args.connect), ("--token-file", args.token_file),
                                                 ("--ca", args.ca), ("--data-from", args.data_from),
-                                                ("--in-turn", args.in_turn)) if value]
+                                                ("--in-turn", args.in_turn), ("--train-on", args.train_on)) if value]
     if args.workers == "virtual" and websocket_flags:
         parser.error("{} needs --workers websocket".format(websocket_flags[0]))
     if args.ca and not args.connect:
@@ -287,7 +305,12 @@ def check_workers_args(parser, args):
     if args.connect and args.num_clients not in (None, len(args.connect)):
         parser.error("--connect names {} client(s), but --num-clients is {}".format(len(args.connect), args.num_clients))
     args.num_clients = args.num_clients or (len(args.connect) if args.connect else 2)
+    if args.train_on == "client" and (args.data_from == "server" or args.sync == "every-batch"):
+        parser.error("--train-on client trains on the clients' own data, a visit at a time: leave out {}".format(
+            "--data-from server" if args.data_from == "server" else "--sync every-batch"))
     args.data_from = args.data_from or ("clients" if args.workers == "websocket" else "server")
+    fedavg_on_owners = args.workers == "websocket" and args.strategy == "fedavg" and args.data_from == "clients"
+    args.train_on = args.train_on or ("client" if fedavg_on_owners and args.sync == "per-visit" else "coordinator")
 
 
 def main(argv=None):

@@ -63,10 +63,14 @@ class Aggregation:
 
 
 class ServerAverage(Aggregation):
-    """--aggregation server: each copy comes back to the server, which averages them."""
+    """--aggregation server: each copy comes back to the server, which averages them.
+
+    A copy is a model on its client, or (--train-on client) the weights the client sent back.
+    """
 
     def _average(self, updates):
-        return weighted_average([(n, model.get().state_dict()) for n, model in updates])
+        return weighted_average([(n, model if isinstance(model, dict) else model.get().state_dict())
+                                 for n, model in updates])
 
 
 class TrustedAggregator(Aggregation):

@@ -32,25 +32,27 @@ class Progress:
             self.bar = tqdm(total=total, unit="img", desc=desc, file=self.stream, dynamic_ncols=True, leave=False)
 
     def update(self, worker_id, n, loss):
-        """A batch of n samples was trained on `worker_id` with this loss."""
+        """A batch of n samples was trained on `worker_id` with this loss (None: the client keeps it to itself)."""
         with self.lock:
             self._update(worker_id, n, loss)
 
     def _update(self, worker_id, n, loss):
-        self.loss_sums[worker_id] = self.loss_sums.get(worker_id, 0.0) + loss * n
-        self.loss_counts[worker_id] = self.loss_counts.get(worker_id, 0) + n
+        if loss is not None:
+            self.loss_sums[worker_id] = self.loss_sums.get(worker_id, 0.0) + loss * n
+            self.loss_counts[worker_id] = self.loss_counts.get(worker_id, 0) + n
+        shown = "-" if loss is None else "{:.6f}".format(loss)
         self.seen += n
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix(worker=worker_id, loss="{:.4f}".format(loss))
+            self.bar.set_postfix(worker=worker_id, loss=shown[:6])
         elif self.batches % self.log_interval == 0:
-            print("Train {}: {} [{}/{} ({:.0f}%)]\tWorker: {}\tLoss: {:.6f}".format(
+            print("Train {}: {} [{}/{} ({:.0f}%)]\tWorker: {}\tLoss: {}".format(
                 self.label, self.epoch, self.seen, self.total, 100.0 * self.seen / self.total,
-                worker_id, loss), file=self.stream, flush=True)
+                worker_id, shown), file=self.stream, flush=True)
         self.batches += 1
 
     def client_losses(self):
-        """Mean training loss per client over this epoch."""
+        """Mean training loss per client over this epoch (of the clients that tell it)."""
         return {w: self.loss_sums[w] / self.loss_counts[w] for w in self.loss_sums}
 
     def close(self):
@@ -101,13 +103,17 @@ def figure(data):
     loss_ax.plot(xs, [e["test_loss"] for e in epochs], marker="o", color="tab:red")
     loss_ax.set(xlabel=x_label, ylabel="test loss (cross-entropy)", title="Test loss")
     clients = [c["client"] for c in data.get("partition", [])] or sorted({w for e in epochs for w in e["train_loss"]})
+    plotted = 0
     for client in clients:
         points = [(e["epoch"], e["train_loss"][client]) for e in epochs if client in e["train_loss"]]
         if points:
             train_ax.plot(*zip(*points), marker=".", label=client)
+            plotted += 1
     train_ax.set(xlabel=x_label, ylabel="training loss (cross-entropy)", title="Training loss per client")
-    if 0 < len(clients) <= MAX_LEGEND_CLIENTS:
+    if 0 < plotted <= MAX_LEGEND_CLIENTS:
         train_ax.legend(fontsize="small")
+    elif not plotted:  # train-only data owners (--train-on client) keep their losses to themselves
+        train_ax.text(0.5, 0.5, "not reported by the clients", ha="center", va="center", transform=train_ax.transAxes)
     for ax in (acc_ax, loss_ax, train_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and rounds are whole numbers

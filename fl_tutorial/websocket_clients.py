@@ -21,10 +21,11 @@ import time
 
 import websocket
 
-from fl_tutorial import env, partition, processes, security, wire
+from fl_tutorial import client_training, env, partition, processes, security, wire
 
 CONNECT_RETRY_SECONDS = 10
 REPLY_TIMEOUT = 30  # seconds without an answer before a client counts as gone
+SECONDS_PER_BATCH = 1  # ... and, for a training request (fit), this much more per planned batch
 SHARE_QUERY = ["#mnist", "#train"]
 NONE_REPLY = b"\x28\xc0"  # syft's serialisation of None (uncompressed msgpack nil)
 
@@ -123,7 +124,7 @@ def make_client_class():
                 self.close()
                 raise
             except websocket.WebSocketTimeoutException:
-                raise self.lost("gave no answer for {} s; the run stops here".format(REPLY_TIMEOUT)) from None
+                raise self.lost("gave no answer for {:.0f} s; the run stops here".format(self.ws.gettimeout())) from None
             except (websocket.WebSocketException, OSError, UnicodeDecodeError) as error:  # gone, or garbled
                 raise self.lost("stopped answering ({}); the run stops here".format(
                     type(error).__name__ if not str(error) else error)) from None
@@ -145,6 +146,19 @@ def make_client_class():
         def load_share(self, rule, index):
             """Ask the client to keep its share of its own MNIST; returns its label histogram."""
             return self._send_msg_and_deserialize("load_share", rule=rule, index=index)
+
+        def fit(self, dataset_key, **kwargs):
+            """syft's fit entry point, in one exchange: the client trains on its share (fl_tutorial/client_training.py)."""
+            batches = sum(len(one_pass) for one_pass in kwargs.get("passes", []))
+            self.ws.settimeout(REPLY_TIMEOUT + SECONDS_PER_BATCH * batches)  # a whole share trains in one exchange
+            try:
+                reply = self._send_msg_and_deserialize("fit", dataset_key=dataset_key, **kwargs)
+            finally:
+                if self.ws is not None:
+                    self.ws.settimeout(REPLY_TIMEOUT)
+            if isinstance(reply, dict) and "error" in reply:
+                raise self.error("did not train: {}; the run stops here".format(reply["error"]))
+            return reply
 
         def close(self):
             self.given_up = True
@@ -173,8 +187,9 @@ def clients(hook, args):
         else:
             ids = ["client{}".format(i) for i in range(1, args.num_clients + 1)]
             try:
+                owners = ["--train-only"] if args.train_on == "client" else []  # they need nothing more
                 addresses, token = stack.enter_context(processes.LocalClients(
-                    ids, args.data_dir, args.token_file, ["--threads", str(threads_per_client(args))]))
+                    ids, args.data_dir, args.token_file, ["--threads", str(threads_per_client(args))] + owners))
             except processes.StartError as error:  # one line, like every other client failure
                 raise ClientError(str(error)) from None
             sslopt = None
@@ -188,13 +203,20 @@ def clients(hook, args):
         yield workers
 
 
-def threads_per_client(args):
+def threads_per_client(args, training=None):
     """Torch threads for each client this run starts: FedAvg's clients train at once and share the
-    cores; sequential clients train in turn, so each may use them all."""
+    cores; sequential clients train in turn, so each may use them all.
+
+    training: how many clients train at once in this round (--train-on client sends
+    the count with each request, so that a round in which --max-batches leaves one
+    client training gives it every core). None for clients on other machines.
+    """
+    if args.connect and training is not None:
+        return None
     cores = os.cpu_count() or 1
-    if args.strategy == "fedavg" and not args.in_turn:
-        return max(1, cores // args.num_clients)
-    return cores
+    if training is None:
+        training = args.num_clients if args.strategy == "fedavg" and not args.in_turn else 1
+    return max(1, cores // (1 if args.in_turn else max(1, training)))
 
 
 def _exit_on_sigterm(signum, frame):
@@ -213,10 +235,12 @@ def _disconnect(workers):
         worker.close()
 
 
-def own_shares(sy, workers, rule):
+def own_shares(sy, workers, rule, pointers=True):
     """Step 2 with the data at its owners: each client gets the rule, keeps its share; syft finds it by tags.
 
     Returns the federated dataset and, per client, its sample count and label histogram.
+    With pointers=False (--train-on client) the coordinator holds no pointer to the
+    data: the dataset stands in for the shares, with their sizes.
     """
     import torch
 
@@ -229,11 +253,17 @@ def own_shares(sy, workers, rule):
             if reply.get("kind") == "partition":
                 raise partition.PartitionError(reply["error"])
             raise worker.error("could not load its data: {}".format(reply["error"]))
+        described.append(dict(client=worker.id, samples=reply["samples"], labels=reply["labels"]))
+        if not pointers:
+            datasets.append(client_training.Share(worker, reply["samples"]))
+            continue
+        if reply.get("train_only"):
+            raise worker.error("is a train-only data owner (python -m fl_tutorial.worker --train-only): it trains on "
+                               "its own share and takes no pointer commands. Use --train-on client; the run stops here")
         data = worker.search(SHARE_QUERY + ["#data"])
         targets = worker.search(SHARE_QUERY + ["#target"])
         if len(data) != 1 or len(targets) != 1:
             raise worker.error("holds {} data and {} target tensors tagged {}; expected one each".format(
                 len(data), len(targets), " ".join(SHARE_QUERY)))
         datasets.append(sy.BaseDataset(data[0], targets[0]))
-        described.append(dict(client=worker.id, samples=reply["samples"], labels=reply["labels"]))
     return sy.FederatedDataset(datasets), described

@@ -65,12 +65,16 @@ POINTER = "syft.generic.pointers.pointer_tensor.PointerTensor"
 # What a token-holding coordinator may make a worker do (fl_tutorial/worker.py checks these):
 MESSAGES = {"TensorCommandMessage", "ForceObjectDeleteMessage", "IsNoneMessage", "ObjectMessage",
             "ObjectRequestMessage", "GetShapeMessage", "WorkerCommandMessage", "SearchMessage"}
-COMMANDS = {"load_share", "clear_objects", "_log_msgs"}  # worker commands (WorkerCommandMessage)
+COMMANDS = {"load_share", "fit", "clear_objects", "_log_msgs"}  # worker commands (WorkerCommandMessage)
 FUNCTIONS = {"torch.nn.functional.conv2d", "torch.nn.functional.relu", "torch.nn.functional.max_pool2d",
              "torch.nn.functional.linear", "torch.nn.functional.dropout", "torch.nn.functional.cross_entropy",
              "torch.stack"}  # torch.stack: the course's FederatedDataLoader, with --data-from server
 METHODS = {"add_", "zero_", "detach_", "backward", "flatten", "index_select", "__getitem__"}  # on tensors, pointers
 WORKER_METHODS = set()  # on the worker itself: none
+# A train-only data owner (python -m fl_tutorial.worker --train-only) takes its share's rule, training
+# requests and cleanup, and nothing else: no tensor command, no request for an object, no search.
+TRAIN_ONLY_MESSAGES = {"WorkerCommandMessage"}
+TRAIN_ONLY_COMMANDS = {"load_share", "fit", "clear_objects", "_log_msgs"}
 
 
 class Refused(Exception):

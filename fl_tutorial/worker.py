@@ -42,6 +42,10 @@ def build_parser():
     parser.add_argument("--cert", metavar="FILE", help="serve wss:// with this certificate (PEM) ...")
     parser.add_argument("--key", metavar="FILE", help="... and this private key (PEM)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's own choice)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="answer only what --train-on client needs (the share's rule, training requests, "
+                             "cleanup): no pointer commands, no object requests, no losses; the coordinator gets "
+                             "the trained weights and the counts, never a sample or a label")
     return parser
 
 
@@ -85,27 +89,49 @@ def make_owner_class(sy):
     import torch
     from syft.workers.websocket_server import WebsocketServerWorker
 
-    from fl_tutorial import mnist, partition
+    from fl_tutorial import client_training, mnist, partition
 
     class DataOwner(WebsocketServerWorker):
-        def __init__(self, hook, host, port, id, data_dir, token, ssl_context):
+        def __init__(self, hook, host, port, id, data_dir, token, ssl_context, train_only=False):
             super().__init__(hook, host=host, port=port, id=id)
-            self.data_dir, self.token, self.ssl_context = data_dir, token, ssl_context
+            self.data_dir, self.token, self.ssl_context, self.train_only = data_dir, token, ssl_context, train_only
             self.accepts_foreign_pointers = False  # it knows no other worker (fl_tutorial/wire.py)
             self._message_router = {kind: self._only_known(kind, handler)
                                     for kind, handler in self._message_router.items()}
 
-        @staticmethod
-        def _only_known(kind, handler):
+        def _only_known(self, kind, handler):
             """A kind of message that training never sends (a Plan, say) is refused, not handled."""
+            allowed, what = ((wire.TRAIN_ONLY_MESSAGES, "a kind of message a train-only data owner does not take")
+                             if self.train_only else (wire.MESSAGES, "a kind of message this worker does not take"))
+
             def checked(message):
-                _allow("message", kind.__name__, wire.MESSAGES, "a kind of message this worker does not take")
+                _allow("message", kind.__name__, allowed, what)
                 return handler(message)
             return checked
 
         def execute_worker_command(self, message):
+            if self.train_only:
+                _allow("command", message.command_name, wire.TRAIN_ONLY_COMMANDS,
+                       "a worker command a train-only data owner does not run")
             _allow("command", message.command_name, wire.COMMANDS, "a worker command this worker does not run")
             return super().execute_worker_command(message)
+
+        def fit(self, dataset_key, weights, passes, settings):
+            """Worker command, syft's `fit`: train SimpleCNN on this client's own share, as planned.
+
+            Returns the weights, the sample count and (unless --train-only) each batch's
+            loss, or {"error": ...} for a request this data owner does not train on.
+            """
+            try:
+                if dataset_key != client_training.DATASET_KEY:
+                    raise client_training.PlanError("there is no dataset {!r} here".format(dataset_key))
+                shares = [self.search(list(SHARE_TAGS) + [tag]) for tag in ("#data", "#target")]
+                if any(len(found) != 1 for found in shares):
+                    raise client_training.PlanError("no share is loaded here (load_share first)")
+                return client_training.fit(shares[0][0], shares[1][0], weights, passes, settings, self.train_only)
+            except client_training.PlanError as error:
+                log(self.id, "did not train: {}".format(error))
+                return {"error": str(error)}
 
         def execute_computation_action(self, action):
             """syft calls any method the message names, on a stored object or on the worker itself."""
@@ -127,13 +153,17 @@ def make_owner_class(sy):
                 self.clear_objects()  # one coordinator at a time: what an earlier run left goes
                 images, labels = mnist.normalized(self.data_dir)
                 share = torch.from_numpy(partition.split(labels.numpy(), rule)[index])
+                if self.train_only and len(share) < client_training.MIN_BATCH_TRAIN_ONLY:  # its labels would show
+                    return {"error": "a train-only data owner keeps no share of fewer than {} samples; this rule "
+                                     "gives it {}".format(client_training.MIN_BATCH_TRAIN_ONLY, len(share)),
+                            "kind": "data"}
                 data = images.index_select(0, share).tag(*SHARE_TAGS, "#data")
                 targets = labels.index_select(0, share).tag(*SHARE_TAGS, "#target")
                 self.load_data([data, targets])
                 torch.manual_seed(rule["seed"] + index)  # dropout on this client: reproducible
                 log(self.id, "holds {} training samples (share {} of {})".format(len(share), index + 1,
                                                                                  rule["num_clients"]))
-                return partition.histogram(targets.numpy())
+                return dict(partition.histogram(targets.numpy()), train_only=self.train_only)
             except partition.PartitionError as error:
                 return {"error": str(error), "kind": "partition"}
             except (mnist.DataError, ValueError, IndexError) as error:
@@ -228,10 +258,11 @@ def main(argv=None):
     except mnist.DataError as error:
         sys.exit("error: {}".format(error))
     hook = sy.TorchHook(torch)
-    owner = make_owner_class(sy)(hook, args.host, args.port, args.id, args.data_dir, token, context)
+    owner = make_owner_class(sy)(hook, args.host, args.port, args.id, args.data_dir, token, context, args.train_only)
     try:
-        owner.serve(lambda url: print("{} ready on {} ({}, {})".format(
-            args.id, url, "token required" if token else "no token", "TLS" if context else "no TLS"), flush=True))
+        owner.serve(lambda url: print("{} ready on {} ({}, {}{})".format(
+            args.id, url, "token required" if token else "no token", "TLS" if context else "no TLS",
+            ", train-only" if args.train_only else ""), flush=True))
     except OSError as error:  # the port is taken, or the address is not this machine's
         parser.error("cannot listen on {}:{}: {}".format(args.host, args.port, error.strerror or error))
     log(args.id, "stopped")

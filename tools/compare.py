@@ -35,13 +35,13 @@ PYSYFT_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 ROWS = {
     "plain-1.4": "plain PyTorch (torch 1.4, .venv)",
     "pysyft-virtual": "PySyft 0.2.6, VirtualWorkers",
-    "pysyft-websocket": "PySyft 0.2.6, websocket clients",
+    "pysyft-websocket": "PySyft 0.2.6, websocket clients, train-only (`--train-on client`)",
+    "pysyft-websocket-coordinator": "PySyft 0.2.6, websocket clients, `--train-on coordinator`",
     "plain-2": "plain PyTorch (torch 2.x, .venv-flower)",
     "flower-simulation": "Flower 1.42, simulation engine",
     "flower-deployment": "Flower 1.42, deployment engine (TLS)",
 }
-REFERENCE = {"pysyft-virtual": "plain-1.4", "pysyft-websocket": "plain-1.4", "flower-simulation": "plain-2",
-             "flower-deployment": "plain-2"}
+REFERENCE = {row: "plain-1.4" if row.startswith("pysyft") else "plain-2" for row in ROWS if not row.startswith("plain")}
 MARKER = "FL_COMPARE_ROW"
 
 
@@ -129,16 +129,17 @@ def measure(row, args, flags, folder):
                        "seconds": sum(e["seconds"] for e in epochs) / rounds}] * rounds
         elif row == "pysyft-virtual":
             run([PYSYFT_PYTHON, "federated_learning.py", *flags, "--metrics-out", metrics], env)
-        elif row == "pysyft-websocket":
+        elif row.startswith("pysyft-websocket"):
             data_dir = os.path.abspath(args.__dict__.get("data-dir") or "./data")
+            where = "coordinator" if row.endswith("coordinator") else "client"
             clients = LocalClients(["client{}".format(i + 1) for i in range(args.__dict__.get("num-clients") or 2)],
-                                   data_dir, python=PYSYFT_PYTHON)
+                                   data_dir, python=PYSYFT_PYTHON, extra_args=["--train-only"] if where == "client" else [])
             with clients as (addresses, _):
                 relays = [Relay(host, port) for _, host, port in addresses]
                 connect = ",".join("{}=127.0.0.1:{}".format(name, r.port) for (name, _, _), r in zip(addresses, relays))
                 try:
-                    run([PYSYFT_PYTHON, "federated_learning.py", *flags, "--workers", "websocket", "--connect",
-                         connect, "--token-file", clients.token_file, "--metrics-out", metrics], env)
+                    run([PYSYFT_PYTHON, "federated_learning.py", *flags, "--workers", "websocket", "--train-on", where,
+                         "--connect", connect, "--token-file", clients.token_file, "--metrics-out", metrics], env)
                 finally:
                     wire = sum(r.total for r in relays)
                     for r in relays:

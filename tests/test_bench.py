@@ -1,0 +1,17 @@
+"""`make bench` runs every loop it names and prints one row each (its numbers are for the README, not asserted)."""
+import subprocess
+import sys
+
+from conftest import ROOT
+from test_websocket import no_leftovers  # noqa: F401  (an autouse fixture: no client process outlives the test)
+
+import bench
+
+
+def test_the_benchmark_runs_every_loop_and_prints_its_row(mnist_dir):
+    done = subprocess.run([sys.executable, "bench.py", "--data-dir", mnist_dir, "--max-batches", "2"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| (")]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(bench.LOOPS.values())
+    assert "ratios to (a" in done.stdout
