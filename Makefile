@@ -4,16 +4,16 @@
 #   make run ARGS="--epochs 3 --lr 0.02"     pass flags to federated_learning.py
 #                                            (default: its own, --epochs 1 --lr 0.01)
 #   make venv                                only build the environment
-#   make bench ARGS="--max-batches 100"      the speed benchmark (see README)
-#   make experiments DATA=./data             the README's experiments table (~40 min)
-#   make aggregation-experiments DATA=./data the README's aggregation table (~15 min)
+#   make bench ARGS="--max-batches 100"      the speed benchmark (docs/)
+#   make experiments DATA=./data             the experiments table (~40 min)
+#   make aggregation-experiments DATA=./data the aggregation table (~15 min)
 #   make notebook                            Jupyter on federated_learning.ipynb
 #   make notebook NOTEBOOK=../PySyft/examples/tutorials   Jupyter on another notebook or folder
-#   make course COURSE=../PySyft             run PySyft 0.2.6's course, Parts 01-12 bis (see README)
+#   make course COURSE=../PySyft             run PySyft 0.2.6's course, Parts 01-12 bis (docs/)
 #   make flower ARGS="--epochs 3"            the Flower twin (flower/), same flags as the script
 #   make flower-venv                         only build the twin's environment, .venv-flower
-#   make compare ARGS="--data-dir DIR"       PySyft and Flower side by side, one table (see README)
-#   make fuzz                                5,000 broken messages to each end of the wire (see README)
+#   make compare ARGS="--data-dir DIR"       PySyft and Flower side by side, one table (docs/)
+#   make fuzz                                5,000 broken messages to each end of the wire (docs/)
 
 VENV    := .venv
 PYTHON  := $(VENV)/bin/python
@@ -24,39 +24,38 @@ ARGS    ?=
 # pip stays at 24.0: pip 24.1+ rejects syft 0.2.6's wheel metadata as invalid.
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
-.PHONY: run test test-pysyft test-flower fuzz venv flower flower-venv compare bench experiments \
+.PHONY: help run test test-pysyft test-flower fuzz venv flower flower-venv compare bench experiments \
 	aggregation-experiments notebook course clean
 
-run: venv
+run: venv  ## train: federated_learning.py with ARGS (default: 1 epoch, lr 0.01)
 	$(PYTHON) federated_learning.py $(ARGS)
 
 # Both suites, each in its own environment; PYTEST_ARGS goes to both.
-test: test-pysyft test-flower
-
-test-pysyft: venv
+test: test-pysyft test-flower  ## both test suites (test-pysyft, then test-flower); PYTEST_ARGS goes to both
+test-pysyft: venv  ## the PySyft suite, tests/, in .venv
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-test-flower: venv flower-venv
+test-flower: venv flower-venv  ## the Flower twin's suite, flower/tests/, in .venv-flower
 	$(FLOWER_PYTHON) -m pytest flower/tests $(PYTEST_ARGS)
 
-# The wire fuzzed longer than make test does (README, "Security"): FUZZ_CASES broken messages to a
+# The wire fuzzed longer than make test does (docs/separate-parties.md, "Security"): FUZZ_CASES broken messages to a
 # worker, and as many broken replies to the coordinator.
 FUZZ_CASES ?= 5000
-fuzz: venv
+fuzz: venv  ## the wire's long fuzz test: FUZZ_CASES (5,000) broken messages to each end
 	FL_TUTORIAL_FUZZ_CASES=$(FUZZ_CASES) $(PYTHON) -m pytest -s -q tests/test_wire_fuzz.py $(PYTEST_ARGS)
 
 # The Flower twin (flower/README.md): FedAvg, 2 clients, IID, 1 round, seed 1, MNIST in ./data by default.
-flower: flower-venv
+flower: flower-venv  ## the Flower twin (flower/), same flags as the script, in ARGS
 	$(FLOWER_PYTHON) -m flower_twin.launch $(ARGS)
 
 # PySyft and the twin with the same flags, and plain PyTorch in each environment: one table.
-compare: venv flower-venv
+compare: venv flower-venv  ## PySyft and the Flower twin side by side, one table (docs/flower.md)
 	$(FLOWER_PYTHON) tools/compare.py $(ARGS)
 
-bench: venv
+bench: venv  ## the speed benchmark, a markdown table (docs/speed.md)
 	$(PYTHON) bench.py $(ARGS)
 
-# The README's experiments table: same data, lr and total local epochs, one flag changed at a time.
+# The experiments table (docs/experiments.md): same data, lr and total local epochs, one flag changed at a time.
 DATA ?= ./data
 EXPERIMENTS := \
 	iid-2-sequential:--num-clients=2,--partition=iid,--strategy=sequential \
@@ -66,7 +65,7 @@ EXPERIMENTS := \
 	iid-5-sequential:--num-clients=5,--partition=iid,--strategy=sequential \
 	iid-5-fedavg:--num-clients=5,--partition=iid,--strategy=fedavg
 
-# FedAvg's aggregation, plain vs secret-shared (README, "Privacy"): one round of one local epoch each.
+# FedAvg's aggregation, plain vs secret-shared (docs/privacy.md): one round of one local epoch each.
 AGGREGATION_EXPERIMENTS := \
 	agg-iid-2-server:--num-clients=2,--partition=iid,--strategy=fedavg,--aggregation=server \
 	agg-iid-2-secure:--num-clients=2,--partition=iid,--strategy=fedavg,--aggregation=secure \
@@ -90,29 +89,28 @@ define run_experiments
 	$(PYTHON) tools/results_table.py $(foreach run,$(1),results/$(firstword $(subst :, ,$(run))).json)
 endef
 
-experiments: venv
+experiments: venv  ## the experiments table on the MNIST in DATA (~40 min, docs/experiments.md)
 	$(call run_experiments,$(EXPERIMENTS),2)
 
-aggregation-experiments: venv
+aggregation-experiments: venv  ## the aggregation table on the MNIST in DATA (~15 min, docs/privacy.md)
 	$(call run_experiments,$(AGGREGATION_EXPERIMENTS),1)
 
 # Jupyter on the tutorial notebook, in .venv; every PySyft course notebook opens there too.
 # Jupyter refuses to run as root unless told, as in a container: then it is told.
 NOTEBOOK ?= federated_learning.ipynb
-notebook: venv
+notebook: venv  ## Jupyter on federated_learning.ipynb (or NOTEBOOK)
 	$(VENV)/bin/jupyter notebook $(NOTEBOOK) $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(ARGS)
 
 # PySyft 0.2.6's own course (a checkout of OpenMined/PySyft at tag v0.2.6), run as its CI ran it.
 COURSE ?=
-course: venv
+course: venv  ## run PySyft 0.2.6's course, Parts 01-12 bis, from COURSE (docs/notebook-and-course.md)
 	$(PYTHON) tools/run_course.py $(COURSE) $(ARGS)
 
-venv: $(VENV)/.installed
-
+venv: $(VENV)/.installed  ## only build .venv (CPython 3.8 and the pins of requirements.txt)
 # --no-deps: requirements.txt is the complete set. Without it pip would chase
-# syft's aiortc -> PyAV 8 dependency, which no longer builds (README, "WebRTC").
+# syft's aiortc -> PyAV 8 dependency, which no longer builds (docs/installing.md, "WebRTC").
 # Then this project's own package: fl_tutorial and the start-up hook that lets every
-# process of .venv `import syft` and download MNIST (README, "The course").
+# process of .venv `import syft` and download MNIST (docs/notebook-and-course.md, "The course").
 $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard fl_tutorial/*.py)
 	@python=$$(sh tools/find-python.sh 3.8) || exit 1; \
 	if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 8))' 2>/dev/null; then \
@@ -129,8 +127,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard fl_tutor
 # The twin's environment: CPython 3.11+ and the pins of flower/requirements.txt (no build tools
 # needed: every pin is a wheel), then the app itself, editable, so that flower_twin and the
 # tutorial's fl_tutorial are importable in every process Flower and Ray start.
-flower-venv: $(FLOWER_VENV)/.installed
-
+flower-venv: $(FLOWER_VENV)/.installed  ## only build .venv-flower (CPython 3.11+ and flower/requirements.txt)
 $(FLOWER_VENV)/.installed: flower/requirements.txt flower/pyproject.toml
 	@python=$$(sh tools/find-python.sh 3.11 3.12 3.13) || exit 1; \
 	if [ ! -x $(FLOWER_PYTHON) ] || ! $(FLOWER_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then \
@@ -143,5 +140,10 @@ $(FLOWER_VENV)/.installed: flower/requirements.txt flower/pyproject.toml
 	     echo "Fix the cause and run make again; it picks up where it stopped." >&2; exit 1; }
 	@touch $@
 
-clean:
+clean:  ## remove both environments and the build files
 	rm -rf $(VENV) $(FLOWER_VENV) .pytest_cache build flower/build fl_tutorial.egg-info flower/*.egg-info
+
+# The targets, one line each, from the ## comments on their rule lines.
+help:  ## this list
+	@echo 'make TARGET [ARGS="..."], the targets:'
+	@awk -F':.*## ' '/^[a-z][a-z0-9-]*:.*## / {printf "  %-24s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))

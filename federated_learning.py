@@ -23,10 +23,10 @@ import torch.nn.functional as F  # noqa: E402
 import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from fl_tutorial import (aggregation, client_training, files, memory, mnist, partition, pointer_sgd,  # noqa: E402
-                         report, security, together, websocket_clients, wire)
+from fl_tutorial import (aggregation, client_training, files, memory, mnist, options, partition,  # noqa: E402
+                         pointer_sgd, report, together, websocket_clients, wire)
 from fl_tutorial.batches import visits  # noqa: E402
-from fl_tutorial.cli import positive_float, positive_int, probability, seed  # noqa: E402
+from fl_tutorial.cli import positive_float, positive_int, seed  # noqa: E402
 from fl_tutorial.model import SimpleCNN  # noqa: E402  (plain PyTorch, shared with the Flower twin in flower/)
 
 
@@ -210,107 +210,15 @@ def build_parser():
                              "batches (default, fast) or after every batch, as in the course")
     parser.add_argument("--max-batches", type=positive_int, metavar="N",
                         help="stop each epoch after N batches (quick tries)")
-    experiments = parser.add_argument_group("experiments")
-    experiments.add_argument("--num-clients", type=positive_int, metavar="N",
-                             help="number of clients, client1 ... clientN (default: 2, or those of --connect)")
-    experiments.add_argument("--partition", choices=("iid", "noniid"), default="iid",
-                             help="iid: the course's .federate() (default); noniid: label shards or Dirichlet")
-    experiments.add_argument("--shards-per-client", type=positive_int, metavar="K",
-                             help="noniid: label-sorted shards per client (default: 2)")
-    experiments.add_argument("--dirichlet-alpha", type=positive_float, metavar="A",
-                             help="noniid: split each class by Dirichlet(A) instead of shards")
-    experiments.add_argument("--strategy", choices=("sequential", "fedavg"), default="sequential",
-                             help="sequential: the course's model passing (default); fedavg: Federated Averaging")
-    experiments.add_argument("--local-epochs", type=positive_int, default=1, metavar="E",
-                             help="fedavg: passes over its own data per client and round (default: 1)")
-    experiments.add_argument("--aggregation", choices=("server", "trusted", "secure"), default="server",
-                             help="fedavg: how the server gets the average: every copy comes back (default); "
-                                  "trusted: a separate aggregator averages (Part 04); secure: additive secret "
-                                  "sharing, only the sum is decoded (Part 10)")
-    experiments.add_argument("--dropout", type=probability, default=0.1, metavar="P",
-                             help="SimpleCNN's dropout probability (default: 0.1)")
-    experiments.add_argument("--metrics-out", metavar="PATH",
-                             help="write config, partition and per-epoch metrics as JSON to PATH")
-    experiments.add_argument("--plot", metavar="PATH",
-                             help="draw test accuracy and loss per epoch into a PNG at PATH")
-    remote = parser.add_argument_group("clients in their own processes (README, \"Separate parties\")")
-    remote.add_argument("--workers", choices=("virtual", "websocket"), default="virtual",
-                        help="virtual: VirtualWorkers in this process, as in the course (default); websocket: "
-                             "each client is its own process (syft's WebsocketServerWorker)")
-    remote.add_argument("--connect", type=websocket_clients.parse_connect, metavar="NAME=HOST:PORT,...",
-                        help="websocket: use clients already running (python -m fl_tutorial.worker) instead of "
-                             "starting them on 127.0.0.1")
-    remote.add_argument("--token-file", metavar="FILE",
-                        help="websocket: the token the clients were started with")
-    remote.add_argument("--ca", metavar="FILE",
-                        help="websocket with --connect: the clients serve wss://; verify them against this CA")
-    remote.add_argument("--in-turn", action="store_true",
-                        help="websocket with fedavg: train the clients one after the other, not at the same time")
-    remote.add_argument("--train-on", choices=("coordinator", "client"),
-                        help="websocket: who runs training: the coordinator, step by step through pointers, as in "
-                             "the course (default for sequential); or each client, on its own share, one request "
-                             "per visit (default for fedavg; the clients this run starts are then train-only)")
-    remote.add_argument("--data-from", choices=("clients", "server"),
-                        help="websocket: clients read their own MNIST and keep their share (default), or the "
-                             "server sends each its share with .federate(), as the course does")
+    options.add(parser)  # the flags the course never had: experiments, clients as processes
     return parser
 
 
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.partition == "iid" and (args.shards_per_client or args.dirichlet_alpha):
-        parser.error("--shards-per-client and --dirichlet-alpha need --partition noniid")
-    if args.shards_per_client and args.dirichlet_alpha:
-        parser.error("choose one of --shards-per-client and --dirichlet-alpha")
-    if args.partition == "noniid" and not args.dirichlet_alpha:
-        args.shards_per_client = args.shards_per_client or 2
-    if args.strategy == "sequential" and args.local_epochs != 1:
-        parser.error("--local-epochs needs --strategy fedavg")
-    if args.sync == "every-batch" and (args.strategy != "sequential" or args.partition != "iid"):
-        parser.error("--sync every-batch is the course's loop: use it with the default "
-                     "--strategy sequential and --partition iid")
-    check_workers_args(parser, args)
-    for flag, path in (("--save-model", args.save_model), ("--metrics-out", args.metrics_out), ("--plot", args.plot)):
-        problem = path and files.cannot_write(path)
-        if problem:
-            parser.error("{} {}: {}".format(flag, path, problem))
-    if args.aggregation != "server":
-        if args.strategy != "fedavg":
-            parser.error("--aggregation {} is for --strategy fedavg".format(args.aggregation))
-        if args.workers == "websocket":
-            parser.error("--aggregation {} needs workers that reach one another ({}); syft 0.2.6's websocket "
-                         "clients only reach the coordinator. Use --workers virtual, or --aggregation server".format(
-                             args.aggregation, "the aggregator" if args.aggregation == "trusted"
-                             else "each client sends shares to the others"))
-        if args.aggregation == "secure" and args.num_clients < 2:
-            parser.error("--aggregation secure needs at least 2 clients: a sum of one update is the update")
+    options.check(parser, args)  # what cannot work together stops here (fl_tutorial/options.py)
     return args
-
-
-def check_workers_args(parser, args):
-    """--workers websocket and its companions; fills in --num-clients from --connect and --data-from."""
-    websocket_flags = [flag for flag, value in (("--connect", args.connect), ("--token-file", args.token_file),
-                                                ("--ca", args.ca), ("--data-from", args.data_from),
-                                                ("--in-turn", args.in_turn), ("--train-on", args.train_on)) if value]
-    if args.workers == "virtual" and websocket_flags:
-        parser.error("{} needs --workers websocket".format(websocket_flags[0]))
-    if args.ca and not args.connect:
-        parser.error("--ca is for clients started elsewhere: give --connect too")
-    try:  # unreadable or too short now, not after the clients have started
-        args.token_file and security.read_token(args.token_file)
-        args.ca and security.client_sslopt(args.ca)
-    except security.SecurityError as error:
-        parser.error(str(error))
-    if args.connect and args.num_clients not in (None, len(args.connect)):
-        parser.error("--connect names {} client(s), but --num-clients is {}".format(len(args.connect), args.num_clients))
-    args.num_clients = args.num_clients or (len(args.connect) if args.connect else 2)
-    if args.train_on == "client" and (args.data_from == "server" or args.sync == "every-batch"):
-        parser.error("--train-on client trains on the clients' own data, a visit at a time: leave out {}".format(
-            "--data-from server" if args.data_from == "server" else "--sync every-batch"))
-    args.data_from = args.data_from or ("clients" if args.workers == "websocket" else "server")
-    fedavg_on_owners = args.workers == "websocket" and args.strategy == "fedavg" and args.data_from == "clients"
-    args.train_on = args.train_on or ("client" if fedavg_on_owners and args.sync == "per-visit" else "coordinator")
 
 
 def main(argv=None):

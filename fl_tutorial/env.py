@@ -19,7 +19,7 @@ REQUIRED = {"torch": "1.4.0", "torchvision": "0.5.0", "syft": "0.2.6"}
 FIX = (
     "To fix it, from the project folder run `make run`: it builds .venv with CPython 3.8\n"
     "and the pinned packages (`make clean run` rebuilds a damaged one). Or follow the\n"
-    "conda route in README.md. In a Python 3.8 environment of your own:\n"
+    "conda route in docs/installing.md. In a Python 3.8 environment of your own:\n"
     "    python -m pip install --no-deps -r requirements.txt && python -m pip install --no-deps ."
 )
 
@@ -94,7 +94,7 @@ class _WebRTCUnavailable:
         raise RuntimeError(
             "syft's WebRTC grid networking needs aiortc 0.9.28 and PyAV 8, which this "
             "environment leaves out (PyAV 8 does not build against FFmpeg 5+). "
-            "VirtualWorkers do not need them; see 'WebRTC' in README.md."
+            "VirtualWorkers do not need them; see 'WebRTC' in docs/installing.md."
         )
 
 

@@ -2,7 +2,7 @@
 
 PySyft 0.2.6's own course notebooks begin with `import syft as sy` and call
 `datasets.MNIST('../data', download=True)`. Unaided, neither works here: syft
-imports aiortc, which this environment leaves out (README, "WebRTC"), and
+imports aiortc, which this environment leaves out (docs/installing.md, "WebRTC"), and
 torchvision 0.5.0 downloads from a server that no longer has MNIST. This hook
 fixes both for every Python process of the environment, without changing syft,
 torchvision or the notebooks, and costs nothing until those modules are imported:

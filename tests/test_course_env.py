@@ -177,7 +177,7 @@ def test_subclasses_keep_their_own_download(tmp_path, torchvision_urls):
 
 def test_pip_check_names_only_the_two_known_departures():
     # The pins are complete and consistent: pip finds nothing missing but aiortc, and
-    # nothing at another version than declared but tornado (README, "Jupyter").
+    # nothing at another version than declared but tornado (docs/installing.md, "Jupyter").
     result = subprocess.run([sys.executable, "-m", "pip", "check"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, universal_newlines=True, cwd=ROOT)
     assert sorted(result.stdout.splitlines()) == [

@@ -6,7 +6,7 @@ Like PySyft's test/notebooks/test_notebooks.py: the tutorials are copied to a
 temporary folder as examples/, the repository's examples/data beside them as
 data/, and each notebook is executed unmodified with papermill and the CI's
 parameters (epochs=1, n_test_batches=5, n_train_items=64, n_test_items=64).
-Parts 13a to 13c need TensorFlow and tf-encrypted and are not run (README, "The course").
+Parts 13a to 13c need TensorFlow and tf-encrypted and are not run (docs/notebook-and-course.md, "The course").
 MNIST comes through torchvision's download, that is, this environment's verified
 mirrors (MNIST_MIRRORS to use others); --mnist DIR copies local files in first.
 """
