@@ -3,7 +3,7 @@
 federated_learning.py keeps the course's flags and calls add() and check(), so
 that the script reads as the tutorial; `--help` shows everything, grouped.
 """
-from fl_tutorial import files, security, websocket_clients
+from fl_tutorial import client_training, files, security, websocket_clients
 from fl_tutorial.cli import positive_float, positive_int, probability
 
 
@@ -108,3 +108,7 @@ def _check_workers(parser, args):
     args.data_from = args.data_from or ("clients" if args.workers == "websocket" else "server")
     fedavg_on_owners = args.workers == "websocket" and args.strategy == "fedavg" and args.data_from == "clients"
     args.train_on = args.train_on or ("client" if fedavg_on_owners and args.sync == "per-visit" else "coordinator")
+    if args.train_on == "client" and not args.connect and args.batch_size < client_training.MIN_BATCH_TRAIN_ONLY:
+        parser.error("--batch-size {}: the clients this run starts are train-only data owners, which train on batches "
+                     "of at least {} samples; use --batch-size {} or more, or --train-on coordinator".format(
+                         args.batch_size, client_training.MIN_BATCH_TRAIN_ONLY, client_training.MIN_BATCH_TRAIN_ONLY))

@@ -60,6 +60,12 @@ def test_training_on_the_client_needs_the_clients_own_data_and_whole_visits(caps
     assert_usage_error(capsys, ["--workers", "websocket", "--train-on", "client", *flags], complaint)
 
 
+def test_batches_too_small_for_the_train_only_clients_it_starts_stop_before_they_start(capsys):
+    assert_usage_error(capsys, ["--workers", "websocket", "--strategy", "fedavg", "--batch-size", "8"],
+                       "--batch-size 8: the clients this run starts are train-only data owners, which train on "
+                       "batches of at least 16 samples; use --batch-size 16 or more, or --train-on coordinator")
+
+
 def test_train_on_needs_websocket_workers(capsys):
     assert_usage_error(capsys, ["--train-on", "client"], "--train-on needs --workers websocket")
 

@@ -163,6 +163,9 @@ def test_tls_is_verified_against_the_ca(tmp_path, mnist_dir, token_file):
         trusted = run_script(*common, "--ca", cert, "--epochs", "1", *FAST)
         assert trusted.returncode == 0, trusted.stderr
         assert len(printed_results(trusted)) == 1
+        trained_there = run_script(*common, "--ca", cert, "--strategy", "fedavg", "--train-on", "client", *FAST)
+        assert trained_there.returncode == 0, trained_there.stderr  # syft's fit, over wss:// too
+        assert len(printed_results(trained_there)) == 1
         untrusted = run_script(*common, "--ca", stranger, *FAST)
         assert untrusted.returncode == 1
         assert "client1 at 127.0.0.1:{} sent a certificate that --ca {} does not verify".format(
