@@ -23,8 +23,8 @@ import torch.nn.functional as F  # noqa: E402
 import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from fl_tutorial import (aggregation, client_training, files, memory, mnist, options, partition,  # noqa: E402
-                         pointer_sgd, report, together, websocket_clients, wire)
+from fl_tutorial import (aggregation, client_training, evaluation, files, memory, mnist, options,  # noqa: E402
+                         partition, pointer_sgd, report, together, websocket_clients, wire)
 from fl_tutorial.batches import visits  # noqa: E402
 from fl_tutorial.cli import positive_float, positive_int, seed  # noqa: E402
 from fl_tutorial.model import SimpleCNN  # noqa: E402  (plain PyTorch, shared with the Flower twin in flower/)
@@ -94,7 +94,7 @@ def train(args, model, device, federated_train_loader, optimizer, progress):
     model.train()
     if args.train_on == "client":  # <-- federated: steps 4 and 5 in one request, the client trains its visit itself
         for worker, passes in client_training.plans(federated_train_loader, args.max_batches):
-            model.load_state_dict(client_training.train_visit(worker, model, passes, args, progress)[1])
+            model.load_state_dict(client_training.train_visit(worker, model, passes, args, progress))
         return
     # A visit is one client and the batches trained there: every batch on its own with
     # --sync every-batch (the course), else all of the client's consecutive batches.
@@ -117,7 +117,7 @@ def train_fedavg(args, model, device, federated_train_loader, progress, averagin
 
     def train_own_copy(worker, passes):  # <-- federated: steps 4 and 5 in one request, the client trains its copy
         samples = len(federated_train_loader.federated_dataset[worker.id])
-        return samples, client_training.train_visit(worker, model, passes, args, progress, threads)[1]
+        return samples, client_training.train_visit(worker, model, passes, args, progress, threads)
 
     if args.train_on == "client":  # --workers websocket's default for FedAvg (fl_tutorial/client_training.py)
         train_one = train_own_copy
@@ -136,23 +136,11 @@ def train_fedavg(args, model, device, federated_train_loader, progress, averagin
 
 
 def test(model, device, test_loader):
-    """Plain PyTorch: the test set stays on the server. Returns loss, accuracy, per-class accuracy."""
-    model.eval()
-    test_loss, correct, per_class, per_class_total = 0.0, 0, torch.zeros(10), torch.zeros(10)
-    with torch.no_grad():
-        for data, target in test_loader:
-            data, target = data.to(device), target.to(device)
-            output = model(data)
-            test_loss += F.cross_entropy(output, target, reduction="sum").item()
-            hits = (output.argmax(dim=1) == target).cpu()
-            correct += hits.sum().item()
-            per_class += torch.bincount(target.cpu(), weights=hits.float(), minlength=10)
-            per_class_total += torch.bincount(target.cpu(), minlength=10).float()
-    n = len(test_loader.dataset)
-    test_loss /= n
-    print("\nTest set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)\n".format(
-        test_loss, correct, n, 100.0 * correct / n), flush=True)
-    return test_loss, correct / n, (per_class / per_class_total.clamp(min=1)).tolist()
+    """Plain PyTorch: the test set stays on the server. Returns loss, accuracy, per-class accuracy.
+
+    The loop is fl_tutorial/evaluation.py's, which the Flower twin runs too: both print the same line.
+    """
+    return evaluation.test(model, test_loader, len(test_loader.dataset), device)
 
 
 def server_test_loader(args):

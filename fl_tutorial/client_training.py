@@ -67,7 +67,7 @@ def plans(loader, max_batches=None, local_epochs=1):
 
 
 def train_visit(worker, model, passes, args, progress, threads=None):
-    """Steps 4 and 5 in one exchange: the client trains `model`'s weights on `passes`; returns (samples, weights).
+    """Steps 4 and 5 in one exchange: the client trains `model`'s weights on `passes`; returns its weights.
 
     threads: the torch threads the client trains with (its share of this machine's
     cores), or None to leave its own setting.
@@ -82,7 +82,7 @@ def train_visit(worker, model, passes, args, progress, threads=None):
         raise worker.error("sent a training reply that does not fit the request ({}); the run stops here".format(problem))
     for size, loss in reply["losses"] or [(len(batch), None) for one_pass in passes for batch in one_pass]:
         progress.update(worker.id, size, loss)
-    return reply["samples"], {name: reply["weights"][name] for name in weights}
+    return {name: reply["weights"][name] for name in weights}
 
 
 def reply_problem(reply, weights, trained):

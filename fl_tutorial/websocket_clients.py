@@ -213,10 +213,9 @@ def threads_per_client(args, training=None):
     """
     if args.connect and training is not None:
         return None
-    cores = os.cpu_count() or 1
     if training is None:
-        training = args.num_clients if args.strategy == "fedavg" and not args.in_turn else 1
-    return max(1, cores // (1 if args.in_turn else max(1, training)))
+        training = args.num_clients if args.strategy == "fedavg" else 1
+    return max(1, (os.cpu_count() or 1) // (1 if args.in_turn else max(1, training)))
 
 
 def _exit_on_sigterm(signum, frame):

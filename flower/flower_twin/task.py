@@ -10,7 +10,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from fl_tutorial import mnist, partition
+from fl_tutorial import evaluation, mnist, partition
 from fl_tutorial.model import SimpleCNN  # noqa: F401  (re-exported: the apps build it from here)
 
 
@@ -85,22 +85,7 @@ def train(model, images, labels, *, epochs, lr, batch_size, seed, device, max_ba
 
 
 def test(model, images, labels, batch_size, device):
-    """The script's test(): loss, accuracy and per-class accuracy on the server's test set, and its line."""
-    model.to(device).eval()
-    test_loss, correct = 0.0, 0
-    per_class, per_class_total = torch.zeros(10), torch.zeros(10)
-    with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            data = images[start:start + batch_size].to(device)
-            target = labels[start:start + batch_size].to(device)
-            output = model(data)
-            test_loss += F.cross_entropy(output, target, reduction="sum").item()
-            hits = (output.argmax(dim=1) == target).cpu()
-            correct += hits.sum().item()
-            per_class += torch.bincount(target.cpu(), weights=hits.float(), minlength=10)
-            per_class_total += torch.bincount(target.cpu(), minlength=10).float()
-    n = len(labels)
-    test_loss /= n
-    print("\nTest set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)\n".format(
-        test_loss, correct, n, 100.0 * correct / n), flush=True)
-    return test_loss, correct / n, (per_class / per_class_total.clamp(min=1)).tolist()
+    """The script's test() (fl_tutorial/evaluation.py) on the server's test set, in slices of batch_size."""
+    slices = ((images[start:start + batch_size], labels[start:start + batch_size])
+              for start in range(0, len(labels), batch_size))
+    return evaluation.test(model.to(device), slices, len(labels), device)
