@@ -40,15 +40,14 @@ class Progress:
         if loss is not None:
             self.loss_sums[worker_id] = self.loss_sums.get(worker_id, 0.0) + loss * n
             self.loss_counts[worker_id] = self.loss_counts.get(worker_id, 0) + n
-        shown = "-" if loss is None else "{:.6f}".format(loss)
         self.seen += n
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix(worker=worker_id, loss=shown[:6])
+            self.bar.set_postfix(worker=worker_id, loss="-" if loss is None else "{:.4f}".format(loss))
         elif self.batches % self.log_interval == 0:
             print("Train {}: {} [{}/{} ({:.0f}%)]\tWorker: {}\tLoss: {}".format(
                 self.label, self.epoch, self.seen, self.total, 100.0 * self.seen / self.total,
-                worker_id, shown), file=self.stream, flush=True)
+                worker_id, "-" if loss is None else "{:.6f}".format(loss)), file=self.stream, flush=True)
         self.batches += 1
 
     def client_losses(self):

@@ -72,7 +72,8 @@ FUNCTIONS = {"torch.nn.functional.conv2d", "torch.nn.functional.relu", "torch.nn
 METHODS = {"add_", "zero_", "detach_", "backward", "flatten", "index_select", "__getitem__"}  # on tensors, pointers
 WORKER_METHODS = set()  # on the worker itself: none
 # A train-only data owner (python -m fl_tutorial.worker --train-only) takes its share's rule, training
-# requests and cleanup, and nothing else: no tensor command, no request for an object, no search.
+# requests and cleanup, and nothing else: no tensor command, no request for an object, no search
+# (subsets of the lists above; a test checks it).
 TRAIN_ONLY_MESSAGES = {"WorkerCommandMessage"}
 TRAIN_ONLY_COMMANDS = {"load_share", "fit", "clear_objects", "_log_msgs"}
 

@@ -110,10 +110,9 @@ def make_owner_class(sy):
             return checked
 
         def execute_worker_command(self, message):
-            if self.train_only:
-                _allow("command", message.command_name, wire.TRAIN_ONLY_COMMANDS,
-                       "a worker command a train-only data owner does not run")
-            _allow("command", message.command_name, wire.COMMANDS, "a worker command this worker does not run")
+            allowed, what = ((wire.TRAIN_ONLY_COMMANDS, "a worker command a train-only data owner does not run")
+                             if self.train_only else (wire.COMMANDS, "a worker command this worker does not run"))
+            _allow("command", message.command_name, allowed, what)
             return super().execute_worker_command(message)
 
         def fit(self, dataset_key, weights, passes, settings):

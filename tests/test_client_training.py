@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import assert_clean_exit, assert_usage_error, run_script
-from fl_tutorial import client_training, partition, processes, security, websocket_clients
+from fl_tutorial import client_training, processes, security, websocket_clients, wire
 from fl_tutorial.model import SimpleCNN
 from test_websocket import no_leftovers, printed_results, saved  # noqa: F401  (no_leftovers: an autouse fixture)
 
@@ -248,6 +248,10 @@ def test_a_train_only_owner_refuses_every_other_message_and_keeps_serving(sy, ho
     assert re.search(r"\[trainonly\d+\] refused a message from 127\.0\.0\.1:\d+ \({}\); closing the connection$".format(
         re.escape(says)), line), line
     still_serving(hook, owner)
+
+
+def test_what_a_train_only_owner_takes_is_a_part_of_what_any_worker_takes():
+    assert wire.TRAIN_ONLY_MESSAGES < wire.MESSAGES and wire.TRAIN_ONLY_COMMANDS <= wire.COMMANDS
 
 
 @pytest.mark.parametrize("command", ["search", "get_obj", "respond_to_obj_req", "load_data", "set_obj", "_objects"])
