@@ -7,6 +7,7 @@
 #   make bench ARGS="--max-batches 100"      the speed benchmark (docs/)
 #   make experiments DATA=./data             the experiments table (~40 min)
 #   make aggregation-experiments DATA=./data the aggregation table (~15 min)
+#   make fedavg-paper DATA=./data            the FedAvg paper's Table 2, a subset (about an hour)
 #   make notebook                            Jupyter on federated_learning.ipynb
 #   make notebook NOTEBOOK=../PySyft/examples/tutorials   Jupyter on another notebook or folder
 #   make course COURSE=../PySyft             run PySyft 0.2.6's course, Parts 01-12 bis (docs/)
@@ -25,7 +26,7 @@ ARGS    ?=
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
 .PHONY: help run test test-pysyft test-flower fuzz venv flower flower-venv compare bench experiments \
-	aggregation-experiments notebook course clean
+	aggregation-experiments fedavg-paper fedavg-paper-lr notebook course clean
 
 run: venv  ## train: federated_learning.py with ARGS (default: 1 epoch, lr 0.01)
 	$(PYTHON) federated_learning.py $(ARGS)
@@ -94,6 +95,14 @@ experiments: venv  ## the experiments table on the MNIST in DATA (~40 min, docs/
 
 aggregation-experiments: venv  ## the aggregation table on the MNIST in DATA (~15 min, docs/privacy.md)
 	$(call run_experiments,$(AGGREGATION_EXPERIMENTS),1)
+
+# A subset of the FedAvg paper's Table 2 (docs/experiments.md, "The FedAvg paper"): 100 clients, 10 a round,
+# one run per core; results/fedavg-paper/table.md beside the paper's rounds, and accuracy.png.
+fedavg-paper: venv  ## a subset of the FedAvg paper's Table 2 on the MNIST in DATA (docs/experiments.md)
+	$(PYTHON) tools/fedavg_paper.py --data-dir $(DATA) $(ARGS)
+
+fedavg-paper-lr: venv  ## the learning-rate search behind make fedavg-paper (~10 min on 2 cores)
+	$(PYTHON) tools/fedavg_paper.py --data-dir $(DATA) --search $(ARGS)
 
 # Jupyter on the tutorial notebook, in .venv; every PySyft course notebook opens there too.
 # Jupyter refuses to run as root unless told, as in a container: then it is told.

@@ -29,7 +29,11 @@ LOOPS = {
     "fedavg-together": "(e2) 1 FedAvg round, 2 websocket clients, `--train-on coordinator`, at once",
     "client-in-turn": "(f1) 1 FedAvg round, 2 websocket clients, `--train-on client --in-turn`",
     "client-together": "(f2) 1 FedAvg round, 2 websocket clients, `--train-on client`, at once (the default)",
+    "plain-paper": "(a3) plain PyTorch, pre-normalised tensors, batches of 10",
+    "paper-round": "(g) 1 FedAvg round, 100 virtual clients, 10 sampled, E = 5, B = 10, `--train-on client`",
 }
+PAPER = ("plain-paper", "paper-round")  # the FedAvg paper's scale: their own table, batches of 10
+PAPER_STEPS = 3000  # one round of (g): 10 clients x 600 samples x 5 epochs / 10 per batch
 WEBSOCKET = ["--workers", "websocket"]
 FLAGS = {  # what each loop passes to federated_learning.py
     "every-batch": ["--sync", "every-batch"],
@@ -39,10 +43,23 @@ FLAGS = {  # what each loop passes to federated_learning.py
     "fedavg-together": WEBSOCKET + ["--strategy", "fedavg", "--train-on", "coordinator"],
     "client-in-turn": WEBSOCKET + ["--strategy", "fedavg", "--train-on", "client", "--in-turn"],
     "client-together": WEBSOCKET + ["--strategy", "fedavg", "--train-on", "client"],
+    "paper-round": ["--strategy", "fedavg", "--num-clients", "100", "--clients-per-round", "10", "--local-epochs", "5",
+                    "--train-on", "client"],
 }
 
 
-def run_plain(args, pre_normalised=False):
+def batch_size(args, loop):
+    return 10 if loop in PAPER else args.batch_size
+
+
+def max_batches(args, loop):
+    """--max-batches, and for the paper's scale at most one round's 3,000 steps."""
+    if loop in PAPER:
+        return min(args.max_batches or PAPER_STEPS, PAPER_STEPS)
+    return args.max_batches
+
+
+def run_plain(args, pre_normalised=False, loop="plain"):
     """The PyTorch MNIST example's loop with SimpleCNN, the same seed and SGD settings.
 
     pre_normalised feeds it the tensors the default federated loop uses (no
@@ -59,7 +76,7 @@ def run_plain(args, pre_normalised=False):
         train_set = torch.utils.data.TensorDataset(*mnist.normalized(args.data_dir))
     else:
         train_set = datasets.MNIST(args.data_dir, train=True, transform=mnist.TRANSFORM)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size(args, loop), shuffle=True)
     model = SimpleCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     start, batches = time.perf_counter(), 0
@@ -69,7 +86,7 @@ def run_plain(args, pre_normalised=False):
         F.cross_entropy(model(data), target).backward()
         optimizer.step()
         batches += 1
-        if batches == args.max_batches:
+        if batches == max_batches(args, loop):
             break
     train_s = time.perf_counter() - start
     return {"federate_s": None, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model),
@@ -83,12 +100,13 @@ def run_federated(args, loop):
     import torch
 
     import federated_learning as fl
-    from fl_tutorial import report
+    from fl_tutorial import report, sampling
 
+    steps = max_batches(args, loop)
     script_args = fl.parse_args(FLAGS[loop] + ["--data-dir", args.data_dir, "--lr", str(args.lr),
-                                               "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+                                               "--batch-size", str(batch_size(args, loop)), "--seed", str(args.seed),
                                                "--log-interval", str(10 ** 9)]
-                                + (["--max-batches", str(args.max_batches)] if args.max_batches else []))
+                                + (["--max-batches", str(steps)] if steps else []))
     torch.manual_seed(script_args.seed)
     hook = fl.sy.TorchHook(torch)
     with contextlib.ExitStack() as cleanup:
@@ -103,11 +121,14 @@ def run_federated(args, loop):
         start = time.perf_counter()
         progress = report.Progress("Epoch", 1, len(federated), 10 ** 9, stream=open(os.devnull, "w"))
         if script_args.strategy == "fedavg":
-            fl.train_fedavg(script_args, model, torch.device("cpu"), loader, progress, fl.aggregation.ServerAverage())
+            chosen = script_args.clients_per_round and sampling.ClientSampler(
+                [w.id for w in workers], script_args.clients_per_round, script_args.seed).next_round()
+            fl.train_fedavg(script_args, model, torch.device("cpu"), loader, progress, fl.aggregation.ServerAverage(),
+                            chosen or None)
         else:
             fl.train(script_args, model, torch.device("cpu"), loader, optimizer, progress)
         train_s = time.perf_counter() - start
-    batches = min(len(loader), args.max_batches or len(loader))
+    batches = progress.batches
     return {"federate_s": federate_s, "train_s": train_s, "batches": batches, "accuracy": evaluate(args, model),
             "messages": messages[0]}
 
@@ -217,7 +238,7 @@ def evaluate(args, model):
 def child(args):
     """One loop, in this process; prints its measurements as one JSON line."""
     if args.child.startswith("plain"):
-        result = run_plain(args, pre_normalised=args.child == "plain-tensors")
+        result = run_plain(args, pre_normalised=args.child != "plain", loop=args.child)
     else:
         result = run_federated(args, args.child)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
@@ -256,6 +277,7 @@ def versions():
 
 def table(results, args):
     """Ratios are to the fastest plain PyTorch row of this run, per batch."""
+    results = {loop: r for loop, r in results.items() if loop not in PAPER}
     plain_rows = [loop for loop in ("plain", "plain-tensors") if loop in results]
     reference = min(plain_rows, key=lambda loop: results[loop]["train_s"] / results[loop]["batches"])
     plain = results[reference]
@@ -276,6 +298,21 @@ def table(results, args):
     header = "{} batches of {} (seed {}, lr {}); {}; ratios to {}, the fastest plain PyTorch here.".format(
         plain["batches"], args.batch_size, args.seed, args.lr, versions(), name)
     return header + "\n\n" + "\n".join(rows)
+
+
+def paper_table(results):
+    """(g) against (a3): the same steps, batches of 10; the difference per sampled client is FedAvg's overhead."""
+    plain, round_ = results["plain-paper"], results["paper-round"]
+    overhead = (round_["train_s"] - plain["train_s"] * round_["batches"] / plain["batches"]) / 10
+    rows = ["| loop | steps | ms / step | train s | run s | test acc. | train vs (a3) | overhead per sampled client |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for loop, r in (("plain-paper", plain), ("paper-round", round_)):
+        rows.append("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.2%} | {:.2f}x | {} |".format(
+            LOOPS[loop], r["batches"], 1000 * r["train_s"] / r["batches"], r["train_s"], r["run_s"], r["accuracy"],
+            (r["train_s"] / r["batches"]) / (plain["train_s"] / plain["batches"]),
+            "{:.2f} s".format(overhead) if loop == "paper-round" else "-"))
+    return ("At the FedAvg paper's scale: the same {} steps of 10 samples; ratios to (a3), in this run.\n\n".format(
+        plain["batches"]) + "\n".join(rows))
 
 
 def main():
@@ -306,11 +343,15 @@ def main():
     except mnist.DataError as error:
         sys.exit("error: {}".format(error))
     loops = ["plain", "plain-tensors"] + [loop for loop in LOOPS if loop in args.loops and not loop.startswith("plain")]
+    if "paper-round" in loops:
+        loops.insert(loops.index("paper-round"), "plain-paper")  # its reference, batches of 10
     results = {}
     for loop in loops:
         print("running {} ...".format(LOOPS[loop]), file=sys.stderr, flush=True)
         results[loop] = measure(args, loop)
     print(table(results, args))
+    if all(loop in results for loop in PAPER):
+        print("\n" + paper_table(results))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
 from fl_tutorial import (aggregation, client_training, evaluation, files, memory, mnist, options,  # noqa: E402
-                         partition, pointer_sgd, report, together, websocket_clients, wire)
+                         partition, pointer_sgd, report, sampling, together, virtual_owners, websocket_clients,
+                         wire)
 from fl_tutorial.batches import visits  # noqa: E402
-from fl_tutorial.cli import positive_float, positive_int, seed  # noqa: E402
+from fl_tutorial.cli import batch_size, positive_float, positive_int, seed  # noqa: E402
 from fl_tutorial.model import SimpleCNN  # noqa: E402  (plain PyTorch, shared with the Flower twin in flower/)
 
 
@@ -34,7 +35,9 @@ def create_workers(args, hook, cleanup):
     """Step 1: the data owners: VirtualWorkers in this process, as in the course, or real processes."""
     if args.workers == "websocket":  # <-- federated: each client its own process, reached over a websocket
         return cleanup.enter_context(websocket_clients.clients(hook, args))
-    workers = [sy.VirtualWorker(hook, id="client{}".format(i), auto_add=False)  # <-- federated
+    # --train-on client: VirtualWorkers that train on their own share (fl_tutorial/virtual_owners.py)
+    VirtualWorker = virtual_owners.make_owner_class(sy) if args.train_on == "client" else sy.VirtualWorker
+    workers = [VirtualWorker(hook, id="client{}".format(i), auto_add=False)  # <-- federated
                for i in range(1, args.num_clients + 1)]
     for worker in workers:  # syft's auto_add links every worker with every other: O(N^2) for N clients
         hook.local_worker.add_worker(worker)
@@ -59,6 +62,8 @@ def federated_mnist(args, workers):
     images, labels = mnist.normalized(args.data_dir)  # the same tensors, made at once (~2.5 s)
     shares = partition.split(labels.numpy(), partition.rule(args))
     clients = partition.describe(labels.numpy(), shares, names)
+    if args.train_on == "client":  # <-- federated: each client keeps its share; the server holds no pointer to it
+        return virtual_owners.send_shares(sy, workers, images, labels, shares, partition.rule(args)), clients
     if args.partition == "iid":
         return sy.BaseDataset(images, labels).federate(workers), clients  # <-- federated
     return sy.FederatedDataset([  # <-- federated: one dataset per client, sent to it
@@ -73,7 +78,7 @@ def sgd(args, parameters):
     """
     if args.sync == "every-batch":
         return optim.SGD(parameters, lr=args.lr)
-    return pointer_sgd.SGD(parameters, lr=args.lr)  # <-- federated: fl_tutorial/pointer_sgd.py
+    return pointer_sgd.SGD(parameters, lr=args.lr, prox_mu=args.prox_mu)  # <-- federated: fl_tutorial/pointer_sgd.py
 
 
 def train_on_client(model, device, optimizer, batches):
@@ -105,12 +110,17 @@ def train(args, model, device, federated_train_loader, optimizer, progress):
         model.get()  # <-- federated: step 5, bring the updated model back to the server
 
 
-def train_fedavg(args, model, device, federated_train_loader, progress, averaging):
-    """One round of Federated Averaging (McMahan et al. 2017): each client trains its own copy."""
+def train_fedavg(args, model, device, federated_train_loader, progress, averaging, chosen=None):
+    """One round of Federated Averaging (McMahan et al. 2017): each client trains its own copy.
+
+    chosen: the ids of this round's clients (--clients-per-round), or None for every client.
+    """
     def train_copy(worker, batches):
         local_model = copy.deepcopy(model).train()
         optimizer = sgd(args, local_model.parameters())
         local_model.send(worker)  # <-- federated: step 4, send a model copy to the client
+        if args.prox_mu:  # FedProx: the round's weights go too, the anchor of the proximal term
+            optimizer.anchor([p.data.clone().send(worker) for p in model.parameters()])
         for n, loss in train_on_client(local_model, device, optimizer, batches):
             progress.update(worker.id, n, loss)
         return len(federated_train_loader.federated_dataset[worker.id]), local_model
@@ -121,11 +131,13 @@ def train_fedavg(args, model, device, federated_train_loader, progress, averagin
 
     if args.train_on == "client":  # --workers websocket's default for FedAvg (fl_tutorial/client_training.py)
         train_one = train_own_copy
-        clients = list(client_training.plans(federated_train_loader, args.max_batches, args.local_epochs))
-        threads = websocket_clients.threads_per_client(args, training=len(clients))  # their share of the cores
+        clients = list(client_training.plans(federated_train_loader, args.max_batches, args.local_epochs, chosen))
+        threads = (websocket_clients.threads_per_client(args, training=len(clients))  # their share of the cores
+                   if args.workers == "websocket" else None)
     else:
         train_one = train_copy
-        clients = visits(federated_train_loader, max_batches=args.max_batches, local_epochs=args.local_epochs)
+        clients = visits(federated_train_loader, max_batches=args.max_batches, local_epochs=args.local_epochs,
+                         clients=chosen)
     if args.workers == "websocket" and not args.in_turn:  # <-- federated: separate processes train at once
         updates = together.train_together(train_one, clients)
     else:
@@ -151,21 +163,31 @@ def server_test_loader(args):
 
 
 def run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics,
-              averaging=None):
-    """Step 6 for one epoch (with FedAvg, one round): train on the clients, test on the server, record."""
+              averaging=None, sampler=None):
+    """Step 6 for one epoch (with FedAvg, one round): train on the clients, test on the server, record.
+
+    sampler: draws the round's clients (--clients-per-round; fl_tutorial/sampling.py), None for all of them.
+    Tests after every epoch, or every --test-every rounds and after the last.
+    """
     start = time.time()
     fedavg = args.strategy == "fedavg"
-    samples = len(federated_train_loader.federated_dataset) * (args.local_epochs if fedavg else 1)
+    chosen = sampler.next_round() if sampler else None  # <-- federated: this round's clients (the paper's C·K)
+    shares = federated_train_loader.federated_dataset.datasets
+    samples = sum(len(shares[w]) for w in chosen or shares) * (args.local_epochs if fedavg else 1)
     progress = report.Progress("Round" if fedavg else "Epoch", epoch, samples, args.log_interval)
     if fedavg:
         averaging = averaging or aggregation.ServerAverage()
-        train_fedavg(args, model, device, federated_train_loader, progress, averaging)
+        train_fedavg(args, model, device, federated_train_loader, progress, averaging, chosen)
     else:
         train(args, model, device, federated_train_loader, optimizer, progress)
     progress.close()
-    test_loss, accuracy, per_class = test(model, device, test_loader)
-    record = {"epoch": epoch, "train_loss": progress.client_losses(), "test_loss": test_loss,
-              "test_accuracy": accuracy, "test_accuracy_per_class": per_class, "seconds": time.time() - start}
+    record = {"epoch": epoch, "train_loss": progress.client_losses()}
+    if chosen is not None:
+        record["clients"] = chosen
+    if epoch % args.test_every == 0 or epoch == args.epochs:
+        test_loss, accuracy, per_class = test(model, device, test_loader)
+        record.update(test_loss=test_loss, test_accuracy=accuracy, test_accuracy_per_class=per_class)
+    record["seconds"] = time.time() - start
     if fedavg:
         record["aggregation_seconds"] = averaging.seconds
     metrics.add(record)
@@ -173,8 +195,9 @@ def run_epoch(args, epoch, model, device, federated_train_loader, optimizer, tes
 
 def build_parser():
     parser = argparse.ArgumentParser(description="PySyft 0.2.x federated learning on MNIST")
-    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                        help="input batch size for training (default: 64)")
+    parser.add_argument("--batch-size", type=batch_size, default=64, metavar="N",
+                        help="input batch size for training (default: 64); full: each client's whole share, "
+                             "one batch (FedSGD's B = infinity, with --strategy fedavg)")
     parser.add_argument("--test-batch-size", type=positive_int, default=1000, metavar="N",
                         help="input batch size for testing (default: 1000)")
     parser.add_argument("--epochs", type=positive_int, default=1, metavar="N",
@@ -211,6 +234,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    config = dict(vars(args))  # as given (check_full_batch_fits turns --batch-size full into a number)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     hook = sy.TorchHook(torch)  # <-- federated: give torch the PySyft powers
@@ -229,6 +253,7 @@ def main(argv=None):
             federated_train_set, clients = federated_mnist(args, workers)
         except partition.PartitionError as error:
             build_parser().error(str(error))
+        check_full_batch_fits(args, clients)  # --batch-size full: the largest share is the batch
         federated_train_loader = sy.FederatedDataLoader(  # <-- federated
             federated_train_set, batch_size=args.batch_size, shuffle=True)
         test_loader = server_test_loader(args)
@@ -240,10 +265,15 @@ def main(argv=None):
         averaging = aggregation.make(args.aggregation, sy, hook)  # <-- federated: FedAvg's step 5 (--aggregation)
 
         # Step 6: train and test (steps 4 and 5 happen for every visit to a client, inside training).
-        metrics = report.Metrics(vars(args), clients, args.metrics_out, args.plot)
+        sampler = args.clients_per_round and sampling.ClientSampler(  # <-- federated: FedAvg's C·K clients a round
+            [w.id for w in workers], args.clients_per_round, args.seed)
+        metrics = report.Metrics(config, clients, args.metrics_out, args.plot, args.target_accuracy)
         for epoch in range(1, args.epochs + 1):
             run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics,
-                      averaging)
+                      averaging, sampler)
+            if metrics.reached_target:  # --target-accuracy: the first round that reaches it ends the run
+                break
+        metrics.summary()
 
     if args.save_model:
         save_model(model, args.save_model)
@@ -256,11 +286,22 @@ def check_it_fits(args):
             partition.check_enough_samples(args.num_clients, mnist.train_size(args.data_dir))
     except partition.PartitionError as error:
         build_parser().error(str(error))
-    problem = memory.check(lambda: SimpleCNN(dropout=args.dropout), args.batch_size, args.test_batch_size)
+    train_batch = 1 if args.batch_size == "full" else args.batch_size  # full: checked once the shares are known
+    problem = memory.check(lambda: SimpleCNN(dropout=args.dropout), train_batch, args.test_batch_size)
     if not problem and args.workers == "websocket" and not args.connect:
         problem = memory.check_client_processes(args.num_clients)
     if problem:
         build_parser().error(problem)
+
+
+def check_full_batch_fits(args, clients):
+    """--batch-size full: each client's batch is its whole share; the largest must fit in memory."""
+    if args.batch_size == "full":
+        args.batch_size = max(c["samples"] for c in clients)
+        problem = memory.check(lambda: SimpleCNN(dropout=args.dropout), args.batch_size, args.test_batch_size)
+        if problem:
+            build_parser().error("--batch-size full: the largest share, {} samples, is one batch. {}".format(
+                args.batch_size, problem))
 
 
 def save_model(model, path):

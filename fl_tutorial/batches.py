@@ -12,14 +12,15 @@ often the model travels and how a batch is cut out of the client's data.
 import torch
 
 
-def visits(loader, every_batch=False, max_batches=None, local_epochs=1):
+def visits(loader, every_batch=False, max_batches=None, local_epochs=1, clients=None):
     """Yield (worker, batches) pairs; the model visits `worker` once per pair.
 
     every_batch=True is the course: each batch is its own visit, assembled by
     syft's FederatedDataLoader itself. Otherwise one visit covers all of a
     client's consecutive batches (`local_epochs` passes over its data, for
     FedAvg), each cut with one remote slice.
-    max_batches stops the epoch early (quick tries, benchmarks).
+    max_batches stops the epoch early (quick tries, benchmarks); clients, if
+    given, are the ids of the only clients visited (this round's sample).
     """
     budget = [max_batches if max_batches is not None else float("inf")]
     if every_batch:
@@ -29,12 +30,17 @@ def visits(loader, every_batch=False, max_batches=None, local_epochs=1):
             budget[0] -= 1
             yield data.location, [(data, target)]
         return
-    for worker_id in loader.workers:
+    for worker_id in chosen(loader, clients):
         if budget[0] <= 0:
             return
         dataset = loader.federated_dataset[worker_id]
         passes = (_slices(dataset, loader.batch_samplers[worker_id], budget) for _ in range(local_epochs))
         yield dataset.data.location, (batch for one_pass in passes for batch in one_pass)
+
+
+def chosen(loader, clients=None):
+    """The loader's client ids, in its order; only those in `clients` when given."""
+    return [w for w in loader.workers if clients is None or w in clients]
 
 
 def _slices(dataset, batch_sampler, budget):

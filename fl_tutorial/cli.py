@@ -19,6 +19,27 @@ def positive_int(text):
     return _number(int, text, 1, inclusive=True)
 
 
+def batch_size(text):
+    """A batch size (an integer >= 1), or "full": each client's whole share in one batch."""
+    return "full" if text == "full" else positive_int(text)
+
+
+def fraction(text):
+    """A number above 0, up to and including 1 (a target accuracy)."""
+    value = _number(float, text, 0.0, inclusive=False)
+    if value > 1:
+        raise argparse.ArgumentTypeError("must be at most 1 (a fraction: 0.99 is 99%), got {}".format(text))
+    return value
+
+
+def non_negative_float(text):
+    """A finite number >= 0 (FedProx's mu)."""
+    value = _number(float, text, 0.0, inclusive=True)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError("must be finite, got {}".format(text))
+    return value
+
+
 def positive_float(text):
     """A finite number > 0 (learning rates)."""
     value = _number(float, text, 0.0, inclusive=False)

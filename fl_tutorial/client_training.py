@@ -8,15 +8,21 @@ plain PyTorch and answers with the updated weights, its sample count and each
 batch's loss. No pointer to the data exists on the coordinator; a train-only
 data owner (`python -m fl_tutorial.worker --train-only`) answers nothing else,
 and returns no losses.
+
+With `--prox-mu` the client adds FedProx's proximal term to its steps
+(fl_tutorial/pointer_sgd.py's update()), anchored at the weights it was sent.
 """
 import os
 
 import torch
 import torch.nn.functional as F
 
+from fl_tutorial.batches import chosen
 from fl_tutorial.model import SimpleCNN
+from fl_tutorial.pointer_sgd import update
 
 DATASET_KEY = "mnist-train"  # the share that load_share keeps on the client
+SHARE_TAGS = ("#mnist", "#train")  # ... tagged so, with "#data" or "#target"
 MIN_BATCH_TRAIN_ONLY = 16  # a train-only data owner trains on no smaller batch (one sample's gradient is the sample)
 
 
@@ -46,7 +52,14 @@ class _Location:
         self.location = worker
 
 
-def plans(loader, max_batches=None, local_epochs=1):
+def draw_as_federate(rule):
+    """Draw what .federate() draws from torch's generator (one seed, for its DataLoader), for an IID split made
+    without it: the random numbers after it, and so the batches, are then those of the course's run."""
+    if rule["partition"] == "iid":
+        torch.empty((), dtype=torch.int64).random_()
+
+
+def plans(loader, max_batches=None, local_epochs=1, clients=None):
     """Yield (worker, passes): each visit's batches as index lists, one list per pass over the share.
 
     The random numbers are drawn as fl_tutorial/batches.py's visits() draws them
@@ -54,7 +67,7 @@ def plans(loader, max_batches=None, local_epochs=1):
     the batches are those that --train-on coordinator trains on.
     """
     budget = max_batches if max_batches is not None else float("inf")
-    for worker_id in loader.workers:
+    for worker_id in chosen(loader, clients):
         if budget <= 0:
             return
         passes = []
@@ -75,7 +88,7 @@ def train_visit(worker, model, passes, args, progress, threads=None):
     passes = [list(one_pass) for one_pass in passes]  # at once, they come as a generator (fl_tutorial/together.py)
     weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     settings = {"lr": float(args.lr), "dropout": float(args.dropout), "batch_size": args.batch_size,
-                "threads": threads}
+                "threads": threads, "prox_mu": float(args.prox_mu)}
     reply = worker.fit(DATASET_KEY, weights=weights, passes=passes, settings=settings)
     problem = reply_problem(reply, weights, sum(len(batch) for one_pass in passes for batch in one_pass))
     if problem:
@@ -141,27 +154,47 @@ def check_plan(passes, samples, batch_size, train_only):
                     len(batch), batch_size))
 
 
+def fit_share(owner, dataset_key, weights, passes, settings, train_only):
+    """The data owner's side of `fit`: train on the share `owner` keeps, tagged SHARE_TAGS; {"error": ...} if not."""
+    try:
+        if dataset_key != DATASET_KEY:
+            raise PlanError("there is no dataset {!r} here".format(dataset_key))
+        shares = [owner.search(list(SHARE_TAGS) + [tag]) for tag in ("#data", "#target")]
+        if any(len(found) != 1 for found in shares):
+            raise PlanError("no share is loaded here (load_share first)")
+        return fit(shares[0][0], shares[1][0], weights, passes, settings, train_only)
+    except PlanError as error:
+        return {"error": str(error)}
+
+
 def fit(data, targets, weights, passes, settings, train_only):
     """Plain PyTorch SGD on the share, batch by batch as planned; the reply to syft's `fit`."""
     lr, dropout, batch_size = settings.get("lr"), settings.get("dropout"), settings.get("batch_size")
+    prox_mu = settings.get("prox_mu", 0.0)
     if not isinstance(lr, float) or not lr > 0 or not isinstance(dropout, float) or not 0 <= dropout < 1:
         raise PlanError("the settings are not a learning rate and a dropout probability")
+    if not isinstance(prox_mu, float) or not 0 <= prox_mu < float("inf"):
+        raise PlanError("the settings' FedProx mu is not a number >= 0")
     threads = settings.get("threads")
     if threads is not None and not (type(threads) is int and 1 <= threads <= (os.cpu_count() or 1)):
         raise PlanError("the settings ask for {!r} threads; this machine has {} cores".format(threads, os.cpu_count()))
     check_plan(passes, len(targets), batch_size, train_only)
     if threads is not None:
         torch.set_num_threads(threads)
-    model = SimpleCNN(dropout=dropout)
+    with torch.random.fork_rng(devices=[]):  # its initial weights are replaced: draw them from no one's generator
+        model = SimpleCNN(dropout=dropout)  # (a virtual owner shares the coordinator's)
     model.load_state_dict(weights)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    params = list(model.parameters())
+    anchors = [p.detach().clone() if prox_mu else None for p in params]  # FedProx: the weights as sent
     losses = []
     for batch in (b for one_pass in passes for b in one_pass):
         index = torch.tensor(batch)
-        optimizer.zero_grad()
+        model.zero_grad()
         loss = F.cross_entropy(model(data.index_select(0, index)), targets.index_select(0, index))
         loss.backward()
-        optimizer.step()
+        with torch.no_grad():
+            for p, anchor in zip(params, anchors):  # torch's SGD step, or FedProx's
+                update(p.data, p.grad.data, lr, prox_mu, anchor)
         losses.append((len(batch), loss.item()))
     return {"weights": dict(model.state_dict()), "samples": len(targets), "losses": None if train_only else losses}

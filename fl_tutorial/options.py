@@ -4,7 +4,7 @@ federated_learning.py keeps the course's flags and calls add() and check(), so
 that the script reads as the tutorial; `--help` shows everything, grouped.
 """
 from fl_tutorial import client_training, files, security, websocket_clients
-from fl_tutorial.cli import positive_float, positive_int, probability
+from fl_tutorial.cli import fraction, non_negative_float, positive_float, positive_int, probability
 
 
 def add(parser):
@@ -22,6 +22,17 @@ def add(parser):
                              help="sequential: the course's model passing (default); fedavg: Federated Averaging")
     experiments.add_argument("--local-epochs", type=positive_int, default=1, metavar="E",
                              help="fedavg: passes over its own data per client and round (default: 1)")
+    experiments.add_argument("--clients-per-round", type=positive_int, metavar="M",
+                             help="fedavg: train M clients a round, drawn at random (seeded by --seed), the FedAvg "
+                                  "paper's C*K (default: every client)")
+    experiments.add_argument("--prox-mu", type=non_negative_float, default=0.0, metavar="MU",
+                             help="fedavg: FedProx, each client adds (MU/2)*||w - w_round||^2 to its loss "
+                                  "(default: 0, FedAvg)")
+    experiments.add_argument("--target-accuracy", type=fraction, metavar="A",
+                             help="stop at the first tested epoch or round whose test accuracy reaches A (a fraction, "
+                                  "0.99 is 99%%) and report it; --epochs stays the limit")
+    experiments.add_argument("--test-every", type=positive_int, default=1, metavar="K",
+                             help="test after every K epochs or rounds, and after the last (default: 1)")
     experiments.add_argument("--aggregation", choices=("server", "trusted", "secure"), default="server",
                              help="fedavg: how the server gets the average: every copy comes back (default); "
                                   "trusted: a separate aggregator averages (Part 04); secure: additive secret "
@@ -46,9 +57,9 @@ def add(parser):
     remote.add_argument("--in-turn", action="store_true",
                         help="websocket with fedavg: train the clients one after the other, not at the same time")
     remote.add_argument("--train-on", choices=("coordinator", "client"),
-                        help="websocket: who runs training: the coordinator, step by step through pointers, as in "
-                             "the course (default for sequential); or each client, on its own share, one request "
-                             "per visit (default for fedavg; the clients this run starts are then train-only)")
+                        help="who runs training: the coordinator, step by step through pointers, as in the course "
+                             "(default, but for websocket fedavg); or each client, on its own share, one request "
+                             "per visit (default for websocket fedavg; the clients it starts are then train-only)")
     remote.add_argument("--data-from", choices=("clients", "server"),
                         help="websocket: clients read their own MNIST and keep their share (default), or the "
                              "server sends each its share with .federate(), as the course does")
@@ -63,8 +74,11 @@ def check(parser, args):
         parser.error("choose one of --shards-per-client and --dirichlet-alpha")
     if args.partition == "noniid" and not args.dirichlet_alpha:
         args.shards_per_client = args.shards_per_client or 2
-    if args.strategy == "sequential" and args.local_epochs != 1:
-        parser.error("--local-epochs needs --strategy fedavg")
+    if args.strategy == "sequential":
+        for flag, given in (("--local-epochs", args.local_epochs != 1), ("--clients-per-round", args.clients_per_round),
+                            ("--prox-mu", args.prox_mu), ("--batch-size full", args.batch_size == "full")):
+            if given:
+                parser.error("{} needs --strategy fedavg".format(flag))
     if args.sync == "every-batch" and (args.strategy != "sequential" or args.partition != "iid"):
         parser.error("--sync every-batch is the course's loop: use it with the default "
                      "--strategy sequential and --partition iid")
@@ -81,15 +95,22 @@ def check(parser, args):
                          "clients only reach the coordinator. Use --workers virtual, or --aggregation server".format(
                              args.aggregation, "the aggregator" if args.aggregation == "trusted"
                              else "each client sends shares to the others"))
-        if args.aggregation == "secure" and args.num_clients < 2:
-            parser.error("--aggregation secure needs at least 2 clients: a sum of one update is the update")
+        if args.train_on == "client":
+            parser.error("--aggregation {} keeps the copies on the clients, but with --train-on client each client "
+                         "sends its weights back: use --train-on coordinator, or --aggregation server".format(
+                             args.aggregation))
+        if args.aggregation == "secure" and min(args.num_clients, args.clients_per_round or args.num_clients) < 2:
+            parser.error("--aggregation secure needs at least 2 clients a round: a sum of one update is the update")
+    if args.clients_per_round and args.clients_per_round > args.num_clients:
+        parser.error("--clients-per-round {}: there are only {} clients".format(args.clients_per_round,
+                                                                              args.num_clients))
 
 
 def _check_workers(parser, args):
     """--workers websocket and its companions; fills in --num-clients from --connect, --data-from, --train-on."""
     websocket_flags = [flag for flag, value in (("--connect", args.connect), ("--token-file", args.token_file),
                                                 ("--ca", args.ca), ("--data-from", args.data_from),
-                                                ("--in-turn", args.in_turn), ("--train-on", args.train_on)) if value]
+                                                ("--in-turn", args.in_turn)) if value]
     if args.workers == "virtual" and websocket_flags:
         parser.error("{} needs --workers websocket".format(websocket_flags[0]))
     if args.ca and not args.connect:
@@ -108,7 +129,8 @@ def _check_workers(parser, args):
     args.data_from = args.data_from or ("clients" if args.workers == "websocket" else "server")
     fedavg_on_owners = args.workers == "websocket" and args.strategy == "fedavg" and args.data_from == "clients"
     args.train_on = args.train_on or ("client" if fedavg_on_owners and args.sync == "per-visit" else "coordinator")
-    if args.train_on == "client" and not args.connect and args.batch_size < client_training.MIN_BATCH_TRAIN_ONLY:
+    train_only = args.train_on == "client" and args.workers == "websocket" and not args.connect
+    if train_only and args.batch_size != "full" and args.batch_size < client_training.MIN_BATCH_TRAIN_ONLY:
         parser.error("--batch-size {}: the clients this run starts are train-only data owners, which train on batches "
                      "of at least {} samples; use --batch-size {} or more, or --train-on coordinator".format(
                          args.batch_size, client_training.MIN_BATCH_TRAIN_ONLY, client_training.MIN_BATCH_TRAIN_ONLY))

@@ -66,18 +66,54 @@ def in_jupyter():
 
 
 class Metrics:
-    """The run's history; written after every epoch so an interrupted run keeps what it finished."""
+    """The run's history; written after every epoch so an interrupted run keeps what it finished.
 
-    def __init__(self, config, partition, path=None, plot_path=None):
-        self.path, self.plot_path = path, plot_path
+    With a target accuracy (--target-accuracy) it also keeps "target": the first
+    tested epoch or round that reached it (None until one does) and the best so far.
+    """
+
+    def __init__(self, config, partition, path=None, plot_path=None, target=None, stream=None):
+        self.path, self.plot_path, self.stream = path, plot_path, stream or sys.stdout
         self.data = {"config": config, "partition": partition, "epochs": []}
+        if target is not None:
+            self.data["target"] = {"accuracy": target, "reached_at": None, "seconds": None,
+                                   "best_accuracy": None, "best_at": None}
+
+    @property
+    def reached_target(self):
+        return "target" in self.data and self.data["target"]["reached_at"] is not None
 
     def add(self, record):
         self.data["epochs"].append(record)
+        target = self.data.get("target")
+        if target and "test_accuracy" in record:
+            if target["best_accuracy"] is None or record["test_accuracy"] > target["best_accuracy"]:
+                target["best_accuracy"], target["best_at"] = record["test_accuracy"], record["epoch"]
+            if target["reached_at"] is None and record["test_accuracy"] >= target["accuracy"]:
+                target["reached_at"] = record["epoch"]
+                target["seconds"] = sum(e["seconds"] for e in self.data["epochs"])
         if self.path:
             atomic_write(self.path, lambda f: f.write(json.dumps(self.data, indent=2).encode()))
         if self.plot_path:
             plot(self.data, self.plot_path)
+
+
+    def summary(self):
+        """With a target: one line, the epoch or round that reached it, or the best reached instead."""
+        target = self.data.get("target")
+        if not target:
+            return
+        unit = "round" if self.data["config"].get("strategy") == "fedavg" else "epoch"
+        done = len(self.data["epochs"])
+        if target["reached_at"] is not None:
+            line = "Target reached: {:.2f}% test accuracy after {} {} ({:.0f} s of training and testing).".format(
+                100 * target["accuracy"], unit, target["reached_at"], target["seconds"])
+        elif target["best_accuracy"] is None:
+            line = "Target not reached: no {} was tested.".format(unit)
+        else:
+            line = "Target not reached: {:.2f}% in {} {}s; the best was {:.2f}% after {} {}.".format(
+                100 * target["accuracy"], done, unit, 100 * target["best_accuracy"], unit, target["best_at"])
+        print(line, file=self.stream, flush=True)
 
 
 MAX_LEGEND_CLIENTS = 10
@@ -94,12 +130,22 @@ def figure(data):
 
     config, epochs = data["config"], data["epochs"]
     x_label = "round" if config.get("strategy") == "fedavg" else "epoch"
-    xs = [e["epoch"] for e in epochs]
+    tested = [e for e in epochs if "test_accuracy" in e]  # --test-every K: not every epoch or round
+    xs = [e["epoch"] for e in tested]
+    marker = "o" if len(xs) <= 50 else None
     fig = Figure(figsize=(15, 4))
     acc_ax, loss_ax, train_ax = fig.subplots(1, 3)
-    acc_ax.plot(xs, [100 * e["test_accuracy"] for e in epochs], marker="o")
+    acc_ax.plot(xs, [100 * e["test_accuracy"] for e in tested], marker=marker)
     acc_ax.set(xlabel=x_label, ylabel="test accuracy (%)", title="Test accuracy")
-    loss_ax.plot(xs, [e["test_loss"] for e in epochs], marker="o", color="tab:red")
+    target = data.get("target")
+    if target:
+        acc_ax.axhline(100 * target["accuracy"], color="tab:green", linestyle="--", linewidth=1,
+                       label="target {:.4g}%".format(100 * target["accuracy"]))
+        if target["reached_at"] is not None:
+            acc_ax.axvline(target["reached_at"], color="tab:green", linestyle=":", linewidth=1,
+                           label="reached at {} {}".format(x_label, target["reached_at"]))
+        acc_ax.legend(fontsize="small")
+    loss_ax.plot(xs, [e["test_loss"] for e in tested], marker=marker, color="tab:red")
     loss_ax.set(xlabel=x_label, ylabel="test loss (cross-entropy)", title="Test loss")
     clients = [c["client"] for c in data.get("partition", [])] or sorted({w for e in epochs for w in e["train_loss"]})
     plotted = 0
@@ -116,8 +162,8 @@ def figure(data):
     for ax in (acc_ax, loss_ax, train_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and rounds are whole numbers
-        if len(xs) == 1:
-            ax.set_xticks(xs)
+        if len(epochs) == 1:
+            ax.set_xticks([epochs[0]["epoch"]])
     fig.suptitle("{} clients, {}, {} (lr {})".format(
         config.get("num_clients"), config.get("partition"), config.get("strategy"), config.get("lr")))
     fig.tight_layout()

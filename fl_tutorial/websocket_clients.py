@@ -26,7 +26,7 @@ from fl_tutorial import client_training, env, partition, processes, security, wi
 CONNECT_RETRY_SECONDS = 10
 REPLY_TIMEOUT = 30  # seconds without an answer before a client counts as gone
 SECONDS_PER_BATCH = 1  # ... and, for a training request (fit), this much more per planned batch
-SHARE_QUERY = ["#mnist", "#train"]
+SHARE_QUERY = list(client_training.SHARE_TAGS)  # what load_share tags the share with (fl_tutorial/worker.py)
 NONE_REPLY = b"\x28\xc0"  # syft's serialisation of None (uncompressed msgpack nil)
 
 
@@ -241,10 +241,7 @@ def own_shares(sy, workers, rule, pointers=True):
     With pointers=False (--train-on client) the coordinator holds no pointer to the
     data: the dataset stands in for the shares, with their sizes.
     """
-    import torch
-
-    if rule["partition"] == "iid":  # .federate()'s DataLoader draws one seed from torch's RNG: so do we,
-        torch.empty((), dtype=torch.int64).random_()  # and every random number after is the virtual run's
+    client_training.draw_as_federate(rule)  # every random number after this is the virtual run's
     datasets, described = [], []
     for index, worker in enumerate(workers):
         reply = worker.load_share(rule, index)

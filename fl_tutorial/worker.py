@@ -21,9 +21,9 @@ import sys
 import websockets
 
 from fl_tutorial import security, wire
+from fl_tutorial.client_training import SHARE_TAGS
 from fl_tutorial.env import import_syft
 
-SHARE_TAGS = ("#mnist", "#train")
 
 
 def log(worker_id, text):
@@ -121,16 +121,10 @@ def make_owner_class(sy):
             Returns the weights, the sample count and (unless --train-only) each batch's
             loss, or {"error": ...} for a request this data owner does not train on.
             """
-            try:
-                if dataset_key != client_training.DATASET_KEY:
-                    raise client_training.PlanError("there is no dataset {!r} here".format(dataset_key))
-                shares = [self.search(list(SHARE_TAGS) + [tag]) for tag in ("#data", "#target")]
-                if any(len(found) != 1 for found in shares):
-                    raise client_training.PlanError("no share is loaded here (load_share first)")
-                return client_training.fit(shares[0][0], shares[1][0], weights, passes, settings, self.train_only)
-            except client_training.PlanError as error:
-                log(self.id, "did not train: {}".format(error))
-                return {"error": str(error)}
+            reply = client_training.fit_share(self, dataset_key, weights, passes, settings, self.train_only)
+            if "error" in reply:
+                log(self.id, "did not train: {}".format(reply["error"]))
+            return reply
 
         def execute_computation_action(self, action):
             """syft calls any method the message names, on a stored object or on the worker itself."""

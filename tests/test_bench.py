@@ -3,15 +3,17 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from fake_mnist import write_mnist
 from test_websocket import no_leftovers  # noqa: F401  (an autouse fixture: no client process outlives the test)
 
 import bench
 
 
-def test_the_benchmark_runs_every_loop_and_prints_its_row(mnist_dir):
-    done = subprocess.run([sys.executable, "bench.py", "--data-dir", mnist_dir, "--max-batches", "2"], cwd=ROOT,
+def test_the_benchmark_runs_every_loop_and_prints_its_row(tmp_path):
+    data = write_mnist(tmp_path, n_train=1000)  # (g) has 100 clients: 10 samples each
+    done = subprocess.run([sys.executable, "bench.py", "--data-dir", data, "--max-batches", "2"], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| (")]
     assert [row.split(" | ")[0][2:] for row in rows] == list(bench.LOOPS.values())
-    assert "ratios to (a" in done.stdout
+    assert "ratios to (a" in done.stdout and "ratios to (a3), in this run" in done.stdout

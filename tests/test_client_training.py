@@ -24,7 +24,9 @@ FAST = ["--lr", "0.05", "--log-interval", "1000"]
     ["--partition", "noniid", "--max-batches", "7"],
     ["--strategy", "fedavg"],
     ["--strategy", "fedavg", "--num-clients", "3", "--partition", "noniid", "--local-epochs", "2", "--in-turn"],
-], ids=["sequential-iid", "sequential-noniid-max-batches", "fedavg-iid", "fedavg-noniid-3-in-turn"])
+    ["--strategy", "fedavg", "--num-clients", "3", "--clients-per-round", "2", "--prox-mu", "0.5"],
+], ids=["sequential-iid", "sequential-noniid-max-batches", "fedavg-iid", "fedavg-noniid-3-in-turn",
+        "fedavg-sampled-fedprox"])
 def test_training_on_the_client_ends_with_the_weights_of_training_from_the_coordinator(mnist_dir, tmp_path, flags):
     # dropout 0: no random numbers drawn on the clients, so both compute the same thing, batch for batch.
     runs = {}
@@ -64,10 +66,6 @@ def test_batches_too_small_for_the_train_only_clients_it_starts_stop_before_they
     assert_usage_error(capsys, ["--workers", "websocket", "--strategy", "fedavg", "--batch-size", "8"],
                        "--batch-size 8: the clients this run starts are train-only data owners, which train on "
                        "batches of at least 16 samples; use --batch-size 16 or more, or --train-on coordinator")
-
-
-def test_train_on_needs_websocket_workers(capsys):
-    assert_usage_error(capsys, ["--train-on", "client"], "--train-on needs --workers websocket")
 
 
 # --- what a data owner trains on ---------------------------------------------------------------------------
