@@ -142,8 +142,9 @@ def plot(results, path):
                 tested = [e for e in data["epochs"] if "test_accuracy" in e]
                 ax.plot([e["epoch"] for e in tested], [100 * e["test_accuracy"] for e in tested],
                         label=name[len(partition) + 1:])
+        lowest = min([y for line in ax.get_lines() for y in line.get_ydata()] or [90])
         ax.axhline(99, color="gray", linestyle="--", linewidth=1)
-        ax.set(xlabel="round", ylabel="test accuracy (%)", ylim=(90, 100),
+        ax.set(xlabel="round", ylabel="test accuracy (%)", ylim=(max(0, min(90, lowest - 2)), 100),
                title="{}, 100 clients, C = 0.1".format("IID" if partition == "iid" else "non-IID (2 shards each)"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

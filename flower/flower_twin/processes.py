@@ -18,6 +18,7 @@ from fl_tutorial.processes import die_with_parent, log_tail
 
 MARKER = "FLOWER_TWIN_RUN"
 STOP_TIMEOUT = 15  # s; Flower's SuperExec outlives its SuperNode by about 10 s
+QUIET = 2  # s without a marked process before a sweep ends: a dying Ray process may still start its agents
 
 
 def free_port():
@@ -81,11 +82,18 @@ class Processes:
             self.sweep(deadline)
 
     def sweep(self, deadline):
-        """Linux: end every process that carries this federation's marker (Ray's, in their own sessions)."""
-        while time.time() < deadline + STOP_TIMEOUT:
+        """Linux: end every process that carries this federation's marker (Ray's, in their own sessions),
+        until none has been seen for QUIET seconds."""
+        quiet_since = None
+        while time.time() < deadline + STOP_TIMEOUT + QUIET:
             left = marked(self.env[MARKER])
             if not left:
-                return
+                quiet_since = quiet_since or time.time()
+                if time.time() - quiet_since >= QUIET:
+                    return
+                time.sleep(0.2)
+                continue
+            quiet_since = None
             for pid in left:
                 try:
                     os.kill(pid, signal.SIGTERM if time.time() < deadline else signal.SIGKILL)
