@@ -8,6 +8,7 @@
 #   make experiments DATA=./data             the experiments table (~40 min)
 #   make aggregation-experiments DATA=./data the aggregation table (~15 min)
 #   make fedavg-paper DATA=./data            the FedAvg paper's Table 2, a subset (about an hour)
+#   make privacy-table DATA=./data           DP-FedAvg: accuracy against epsilon (~20 min)
 #   make notebook                            Jupyter on federated_learning.ipynb
 #   make notebook NOTEBOOK=../PySyft/examples/tutorials   Jupyter on another notebook or folder
 #   make course COURSE=../PySyft             run PySyft 0.2.6's course, Parts 01-12 bis (docs/)
@@ -26,7 +27,7 @@ ARGS    ?=
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
 .PHONY: help run test test-pysyft test-flower fuzz venv flower flower-venv compare bench experiments \
-	aggregation-experiments fedavg-paper fedavg-paper-lr notebook course clean
+	aggregation-experiments fedavg-paper fedavg-paper-lr privacy-table notebook course clean
 
 run: venv  ## train: federated_learning.py with ARGS (default: 1 epoch, lr 0.01)
 	$(PYTHON) federated_learning.py $(ARGS)
@@ -103,6 +104,10 @@ fedavg-paper: venv  ## a subset of the FedAvg paper's Table 2 on the MNIST in DA
 
 fedavg-paper-lr: venv  ## the learning-rate search behind make fedavg-paper (~10 min on 2 cores)
 	$(PYTHON) tools/fedavg_paper.py --data-dir $(DATA) --search $(ARGS)
+
+# DP-FedAvg's accuracy against epsilon (README, "Privacy"): the paper's setting, one run per noise multiplier.
+privacy-table: venv  ## DP-FedAvg, accuracy against epsilon on the MNIST in DATA (~20 min on 2 cores)
+	$(PYTHON) tools/privacy_table.py --data-dir $(DATA) $(ARGS)
 
 # Jupyter on the tutorial notebook, in .venv; every PySyft course notebook opens there too.
 # Jupyter refuses to run as root unless told, as in a container: then it is told.

@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 import torch.optim as optim  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from fl_tutorial import (aggregation, client_training, evaluation, files, memory, mnist, options,  # noqa: E402
+from fl_tutorial import (aggregation, client_training, dp, evaluation, files, memory, mnist, options,  # noqa: E402
                          partition, pointer_sgd, report, sampling, together, virtual_owners, websocket_clients,
                          wire)
 from fl_tutorial.batches import visits  # noqa: E402
@@ -125,9 +125,13 @@ def train_fedavg(args, model, device, federated_train_loader, progress, averagin
             progress.update(worker.id, n, loss)
         return len(federated_train_loader.federated_dataset[worker.id]), local_model
 
+    # --workers websocket with --aggregation secure|trusted: the clients keep their updates (peer_aggregation.py)
+    keep = averaging.next_round() if hasattr(averaging, "next_round") else None
+
     def train_own_copy(worker, passes):  # <-- federated: steps 4 and 5 in one request, the client trains its copy
         samples = len(federated_train_loader.federated_dataset[worker.id])
-        return samples, client_training.train_visit(worker, model, passes, args, progress, threads)
+        weights = client_training.train_visit(worker, model, passes, args, progress, threads, keep)
+        return samples, worker if keep else weights  # keep: the update stays on the client, for its shares
 
     if args.train_on == "client":  # --workers websocket's default for FedAvg (fl_tutorial/client_training.py)
         train_one = train_own_copy
@@ -144,7 +148,7 @@ def train_fedavg(args, model, device, federated_train_loader, progress, averagin
         updates = [train_one(worker, batches) for worker, batches in clients]
     # <-- federated: step 5, the server gets the weighted average of the copies; with --aggregation
     # server every copy comes back, with trusted or secure only the average does (fl_tutorial/aggregation.py)
-    model.load_state_dict(averaging.average(updates))
+    model.load_state_dict(averaging.average(updates, start=model.state_dict()))
 
 
 def test(model, device, test_loader):
@@ -163,10 +167,11 @@ def server_test_loader(args):
 
 
 def run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics,
-              averaging=None, sampler=None):
+              averaging=None, sampler=None, accountant=None):
     """Step 6 for one epoch (with FedAvg, one round): train on the clients, test on the server, record.
 
     sampler: draws the round's clients (--clients-per-round; fl_tutorial/sampling.py), None for all of them.
+    accountant: DP-FedAvg's privacy spent (--dp-clip; fl_tutorial/dp.py), printed after every round.
     Tests after every epoch, or every --test-every rounds and after the last.
     """
     start = time.time()
@@ -190,6 +195,8 @@ def run_epoch(args, epoch, model, device, federated_train_loader, optimizer, tes
     record["seconds"] = time.time() - start
     if fedavg:
         record["aggregation_seconds"] = averaging.seconds
+    if accountant:  # <-- federated: DP-FedAvg, the privacy spent so far
+        record["epsilon"] = dp.report(accountant.step(), accountant.delta, epoch)
     metrics.add(record)
 
 
@@ -262,15 +269,18 @@ def main(argv=None):
         # Step 3: build the model.
         model = SimpleCNN(dropout=args.dropout).to(device)
         optimizer = sgd(args, model.parameters())
-        averaging = aggregation.make(args.aggregation, sy, hook)  # <-- federated: FedAvg's step 5 (--aggregation)
+        averaging = aggregation.make(args, sy, hook, getattr(workers, "aggregator", None))  # <-- federated
 
         # Step 6: train and test (steps 4 and 5 happen for every visit to a client, inside training).
         sampler = args.clients_per_round and sampling.ClientSampler(  # <-- federated: FedAvg's C·K clients a round
             [w.id for w in workers], args.clients_per_round, args.seed)
-        metrics = report.Metrics(config, clients, args.metrics_out, args.plot, args.target_accuracy)
+        accountant = args.dp_clip and dp.Accountant(  # <-- federated: DP-FedAvg's privacy spent (--dp-clip)
+            args.dp_noise or 0.0, args.dp_delta, args.num_clients, args.clients_per_round or args.num_clients)
+        metrics = report.Metrics(config, clients, args.metrics_out, args.plot, args.target_accuracy,
+                                 privacy=accountant and accountant.describe())
         for epoch in range(1, args.epochs + 1):
             run_epoch(args, epoch, model, device, federated_train_loader, optimizer, test_loader, metrics,
-                      averaging, sampler)
+                      averaging, sampler, accountant)
             if metrics.reached_target:  # --target-accuracy: the first round that reaches it ends the run
                 break
         metrics.summary()

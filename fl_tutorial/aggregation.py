@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from fl_tutorial import dp
+
 PRECISION_FRACTIONAL = 8
 
 
@@ -53,12 +55,15 @@ class Aggregation:
 
     seconds = 0.0
 
-    def average(self, updates):
-        """updates: [(samples, model still on its client)] -> the averaged state_dict, on the server."""
-        start = time.perf_counter()
+    def average(self, updates, start=None):
+        """updates: [(samples, model still on its client)] -> the averaged state_dict, on the server.
+
+        start: the round's weights (peer_aggregation.PeerSum adds the average update to them).
+        """
+        began = time.perf_counter()
         with torch.no_grad():
             state = self._average(updates)
-        self.seconds = time.perf_counter() - start
+        self.seconds = time.perf_counter() - began
         return state
 
 
@@ -66,11 +71,24 @@ class ServerAverage(Aggregation):
     """--aggregation server: each copy comes back to the server, which averages them.
 
     A copy is a model on its client, or (--train-on client) the weights the client sent back.
+    With DP-FedAvg (fl_tutorial/dp.py) the clients have clipped their updates; every copy
+    weighs 1/m, and the server adds Gaussian noise of std Z*C/m to the average.
     """
 
+    def __init__(self, noise_multiplier=None, clip=None, noise_seed=None):
+        self.noise_multiplier, self.clip, self.noise_seed = noise_multiplier, clip, noise_seed
+
     def _average(self, updates):
-        return weighted_average([(n, model if isinstance(model, dict) else model.get().state_dict())
-                                 for n, model in updates])
+        states = [(1 if self.clip is not None else n, model if isinstance(model, dict) else model.get().state_dict())
+                  for n, model in updates]
+        average = weighted_average(states)
+        if self.noise_multiplier:
+            std = dp.server_std(self.noise_multiplier, self.clip, len(updates))
+            names = list(average)
+            noisy = dp.flatten(average, names) + dp.noise((sum(t.numel() for t in average.values()),), std,
+                                                          dp.generator(self.noise_seed))
+            average = dp.unflatten(noisy, average)
+        return average
 
 
 class TrustedAggregator(Aggregation):
@@ -123,10 +141,19 @@ class SecureAggregation(Aggregation):
         return shared_sum.get().float_precision()
 
 
-def make(kind, sy, hook):
-    """The aggregation for `--aggregation kind`, with the extra worker it needs (a VirtualWorker)."""
-    if kind == "trusted":
+def make(args, sy, hook, aggregator=None):
+    """The aggregation for `--aggregation`, with the extra worker it needs (a VirtualWorker).
+
+    With --workers websocket, secure and trusted run across the client processes
+    (fl_tutorial/peer_aggregation.py); `aggregator` is then trusted's aggregator process.
+    """
+    dp_settings = dict(noise_multiplier=args.dp_noise, clip=args.dp_clip)
+    if args.workers == "websocket" and args.aggregation != "server":
+        from fl_tutorial.peer_aggregation import PeerSum
+
+        return PeerSum(aggregator, **dp_settings)
+    if args.aggregation == "trusted":
         return TrustedAggregator(sy.VirtualWorker(hook, id="aggregator"))
-    if kind == "secure":
+    if args.aggregation == "secure":
         return SecureAggregation(sy.VirtualWorker(hook, id="crypto_provider"))
-    return ServerAverage()
+    return ServerAverage(**dp_settings)

@@ -32,20 +32,28 @@ def fraction(text):
     return value
 
 
-def non_negative_float(text):
-    """A finite number >= 0 (FedProx's mu)."""
-    value = _number(float, text, 0.0, inclusive=True)
+def open_fraction(text):
+    """A number strictly between 0 and 1 (DP's delta)."""
+    value = _number(float, text, 0.0, inclusive=False)
+    if value >= 1:
+        raise argparse.ArgumentTypeError("must be below 1, got {}".format(text))
+    return value
+
+
+def _finite(value, text):
     if value == float("inf"):
         raise argparse.ArgumentTypeError("must be finite, got {}".format(text))
     return value
+
+
+def non_negative_float(text):
+    """A finite number >= 0 (FedProx's mu, DP's noise multiplier)."""
+    return _finite(_number(float, text, 0.0, inclusive=True), text)
 
 
 def positive_float(text):
-    """A finite number > 0 (learning rates)."""
-    value = _number(float, text, 0.0, inclusive=False)
-    if value == float("inf"):
-        raise argparse.ArgumentTypeError("must be finite, got {}".format(text))
-    return value
+    """A finite number > 0 (learning rates, DP's clipping bound)."""
+    return _finite(_number(float, text, 0.0, inclusive=False), text)
 
 
 def probability(text):

@@ -17,6 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from fl_tutorial import dp
 from fl_tutorial.batches import chosen
 from fl_tutorial.model import SimpleCNN
 from fl_tutorial.pointer_sgd import update
@@ -79,28 +80,38 @@ def plans(loader, max_batches=None, local_epochs=1, clients=None):
         yield loader.federated_dataset[worker_id].data.location, passes
 
 
-def train_visit(worker, model, passes, args, progress, threads=None):
+def train_visit(worker, model, passes, args, progress, threads=None, keep=None):
     """Steps 4 and 5 in one exchange: the client trains `model`'s weights on `passes`; returns its weights.
 
     threads: the torch threads the client trains with (its share of this machine's
-    cores), or None to leave its own setting.
+    cores), or None to leave its own setting. keep: the round's key, for a client
+    that keeps its update for fl_tutorial/peer_aggregation.py (then nothing comes
+    back but the counts and losses: returns None). With --dp-clip the client
+    clips its update to that norm first (fl_tutorial/dp.py).
     """
     passes = [list(one_pass) for one_pass in passes]  # at once, they come as a generator (fl_tutorial/together.py)
     weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     settings = {"lr": float(args.lr), "dropout": float(args.dropout), "batch_size": args.batch_size,
-                "threads": threads, "prox_mu": float(args.prox_mu)}
+                "threads": threads, "prox_mu": float(args.prox_mu), "clip": args.dp_clip, "keep": keep}
     reply = worker.fit(DATASET_KEY, weights=weights, passes=passes, settings=settings)
-    problem = reply_problem(reply, weights, sum(len(batch) for one_pass in passes for batch in one_pass))
+    problem = reply_problem(reply, None if keep else weights,
+                            sum(len(batch) for one_pass in passes for batch in one_pass))
     if problem:
         raise worker.error("sent a training reply that does not fit the request ({}); the run stops here".format(problem))
     for size, loss in reply["losses"] or [(len(batch), None) for one_pass in passes for batch in one_pass]:
         progress.update(worker.id, size, loss)
-    return {name: reply["weights"][name] for name in weights}
+    return None if keep else {name: reply["weights"][name] for name in weights}
 
 
 def reply_problem(reply, weights, trained):
-    """What is wrong with a client's answer to `fit`, or None: the same weights, a count, a loss per batch."""
-    if not isinstance(reply, dict) or not isinstance(reply.get("weights"), dict):
+    """What is wrong with a client's answer to `fit`, or None: the same weights (none if it keeps its update),
+    a count, a loss per batch."""
+    if not isinstance(reply, dict):
+        return "no reply"
+    if weights is None:
+        return ("weights, though it was to keep its update" if reply.get("weights") is not None
+                else _counts_problem(reply, trained))
+    if not isinstance(reply.get("weights"), dict):
         return "no weights"
     got = reply["weights"]
     if set(got) != set(weights):
@@ -110,6 +121,10 @@ def reply_problem(reply, weights, trained):
             return "parameter {} of another shape or type".format(name)
         if not torch.isfinite(got[name]).all():
             return "parameter {} is not finite".format(name)
+    return _counts_problem(reply, trained)
+
+
+def _counts_problem(reply, trained):
     if not isinstance(reply.get("samples"), int) or reply["samples"] < 1:
         return "no sample count"
     losses = reply.get("losses")
@@ -170,7 +185,9 @@ def fit_share(owner, dataset_key, weights, passes, settings, train_only):
 def fit(data, targets, weights, passes, settings, train_only):
     """Plain PyTorch SGD on the share, batch by batch as planned; the reply to syft's `fit`."""
     lr, dropout, batch_size = settings.get("lr"), settings.get("dropout"), settings.get("batch_size")
-    prox_mu = settings.get("prox_mu", 0.0)
+    prox_mu, clip = settings.get("prox_mu", 0.0), settings.get("clip")
+    if clip is not None and not (isinstance(clip, float) and 0 < clip < float("inf")):
+        raise PlanError("the settings' clipping bound is not a number > 0")
     if not isinstance(lr, float) or not lr > 0 or not isinstance(dropout, float) or not 0 <= dropout < 1:
         raise PlanError("the settings are not a learning rate and a dropout probability")
     if not isinstance(prox_mu, float) or not 0 <= prox_mu < float("inf"):
@@ -197,4 +214,7 @@ def fit(data, targets, weights, passes, settings, train_only):
             for p, anchor in zip(params, anchors):  # torch's SGD step, or FedProx's
                 update(p.data, p.grad.data, lr, prox_mu, anchor)
         losses.append((len(batch), loss.item()))
-    return {"weights": dict(model.state_dict()), "samples": len(targets), "losses": None if train_only else losses}
+    trained = dict(model.state_dict())
+    if clip is not None:  # DP-FedAvg: the update is clipped here, before it leaves the client (fl_tutorial/dp.py)
+        trained = dp.clip(trained, weights, clip)
+    return {"weights": trained, "samples": len(targets), "losses": None if train_only else losses}

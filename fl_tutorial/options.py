@@ -3,8 +3,8 @@
 federated_learning.py keeps the course's flags and calls add() and check(), so
 that the script reads as the tutorial; `--help` shows everything, grouped.
 """
-from fl_tutorial import client_training, files, security, websocket_clients
-from fl_tutorial.cli import fraction, non_negative_float, positive_float, positive_int, probability
+from fl_tutorial import client_training, dp, files, security, websocket_clients
+from fl_tutorial.cli import fraction, non_negative_float, open_fraction, positive_float, positive_int, probability
 
 
 def add(parser):
@@ -37,6 +37,15 @@ def add(parser):
                              help="fedavg: how the server gets the average: every copy comes back (default); "
                                   "trusted: a separate aggregator averages (Part 04); secure: additive secret "
                                   "sharing, only the sum is decoded (Part 10)")
+    privacy = parser.add_argument_group("differentially private FedAvg (README, \"Privacy\")")
+    privacy.add_argument("--dp-clip", type=positive_float, metavar="C",
+                         help="fedavg with --train-on client: each client clips its update (its weights minus the "
+                              "round's) to L2 norm C; epsilon is printed after every round")
+    privacy.add_argument("--dp-noise", type=non_negative_float, metavar="Z",
+                         help="with --dp-clip: Gaussian noise of std Z*C/m on the average of the m updates (by the "
+                              "server, or with secure|trusted by the clients, each its part) (default: 0)")
+    privacy.add_argument("--dp-delta", type=open_fraction, default=dp.DEFAULT_DELTA, metavar="D",
+                         help="with --dp-clip: the delta that epsilon is reported at (default: 1e-5)")
     experiments.add_argument("--dropout", type=probability, default=0.1, metavar="P",
                              help="SimpleCNN's dropout probability (default: 0.1)")
     experiments.add_argument("--metrics-out", metavar="PATH",
@@ -54,6 +63,9 @@ def add(parser):
                         help="websocket: the token the clients were started with")
     remote.add_argument("--ca", metavar="FILE",
                         help="websocket with --connect: the clients serve wss://; verify them against this CA")
+    remote.add_argument("--aggregator", type=websocket_clients.parse_address, metavar="HOST:PORT",
+                        help="websocket with --connect and --aggregation trusted: the aggregator, started with "
+                             "python -m fl_tutorial.worker --id aggregator --aggregator")
     remote.add_argument("--in-turn", action="store_true",
                         help="websocket with fedavg: train the clients one after the other, not at the same time")
     remote.add_argument("--train-on", choices=("coordinator", "client"),
@@ -90,20 +102,41 @@ def check(parser, args):
     if args.aggregation != "server":
         if args.strategy != "fedavg":
             parser.error("--aggregation {} is for --strategy fedavg".format(args.aggregation))
-        if args.workers == "websocket":
-            parser.error("--aggregation {} needs workers that reach one another ({}); syft 0.2.6's websocket "
-                         "clients only reach the coordinator. Use --workers virtual, or --aggregation server".format(
-                             args.aggregation, "the aggregator" if args.aggregation == "trusted"
-                             else "each client sends shares to the others"))
-        if args.train_on == "client":
-            parser.error("--aggregation {} keeps the copies on the clients, but with --train-on client each client "
-                         "sends its weights back: use --train-on coordinator, or --aggregation server".format(
+        if args.workers == "websocket" and args.train_on != "client":
+            parser.error("--aggregation {} across processes: each client shares the update it trained itself; "
+                         "leave out --train-on coordinator (and --data-from server, --sync every-batch)".format(
                              args.aggregation))
-        if args.aggregation == "secure" and min(args.num_clients, args.clients_per_round or args.num_clients) < 2:
-            parser.error("--aggregation secure needs at least 2 clients a round: a sum of one update is the update")
+        if args.workers == "virtual" and args.train_on == "client":
+            parser.error("--aggregation {} with VirtualWorkers keeps the copies on the clients, but with --train-on "
+                         "client each client sends its weights back: use --train-on coordinator, or --workers "
+                         "websocket".format(args.aggregation))
+        if ((args.aggregation == "secure" or args.workers == "websocket")
+                and min(args.num_clients, args.clients_per_round or args.num_clients) < 2):
+            parser.error("--aggregation {} needs at least 2 clients a round: a sum of one update is the update".format(
+                args.aggregation))
+    _check_dp(parser, args)
+    if args.aggregator and not (args.connect and args.aggregation == "trusted"):
+        parser.error("--aggregator is for --aggregation trusted with --connect (this run starts its own otherwise)")
+    if args.connect and args.aggregation == "trusted" and not args.aggregator:
+        parser.error("--aggregation trusted with --connect: give --aggregator HOST:PORT, where "
+                     "python -m fl_tutorial.worker --id aggregator --aggregator runs")
     if args.clients_per_round and args.clients_per_round > args.num_clients:
         parser.error("--clients-per-round {}: there are only {} clients".format(args.clients_per_round,
                                                                               args.num_clients))
+
+
+def _check_dp(parser, args):
+    """DP-FedAvg's flags: the clients clip their own updates, so FedAvg with --train-on client."""
+    if args.dp_clip is None:
+        for flag, given in (("--dp-noise", args.dp_noise is not None), ("--dp-delta", args.dp_delta != dp.DEFAULT_DELTA)):
+            if given:
+                parser.error("{} needs --dp-clip C: noise is measured against the clipping bound".format(flag))
+        return
+    if args.strategy != "fedavg":
+        parser.error("--dp-clip is DP-FedAvg: use --strategy fedavg (the course's sequential loop has no round "
+                     "to clip and noise)")
+    if args.train_on != "client":
+        parser.error("--dp-clip: each client clips its own update, so it must train itself: use --train-on client")
 
 
 def _check_workers(parser, args):

@@ -49,8 +49,10 @@ def log_tail(path, lines=3):
 class LocalClients:
     """Context manager: start one worker process per id; yields [(id, host, port)] and the token."""
 
-    def __init__(self, ids, data_dir, token_file=None, extra_args=(), python=None, module="fl_tutorial.worker"):
+    def __init__(self, ids, data_dir, token_file=None, extra_args=(), python=None, module="fl_tutorial.worker",
+                 args_for=None):
         self.ids, self.data_dir, self.token_file, self.extra_args = ids, data_dir, token_file, list(extra_args)
+        self.args_for = args_for or {}  # id -> its own arguments instead of extra_args (the aggregator's)
         self.python = python or sys.executable  # the PySyft environment's; `make compare` runs from the twin's
         self.module = module  # the tests start malicious clients this way
         self.procs, self.folder = {}, None
@@ -80,7 +82,8 @@ class LocalClients:
 
     def _start(self, worker_id, token_file):
         command = [self.python, "-m", self.module, "--id", worker_id, "--host", "127.0.0.1",
-                   "--port", "0", "--data-dir", self.data_dir, "--token-file", token_file] + self.extra_args
+                   "--port", "0", "--data-dir", self.data_dir, "--token-file", token_file] + self.args_for.get(
+                       worker_id, self.extra_args)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PROJECT, os.environ.get("PYTHONPATH")])),
                    PYTHONUNBUFFERED="1")
         with open(self.log_path(worker_id), "wb") as log:

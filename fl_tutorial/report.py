@@ -72,9 +72,11 @@ class Metrics:
     tested epoch or round that reached it (None until one does) and the best so far.
     """
 
-    def __init__(self, config, partition, path=None, plot_path=None, target=None, stream=None):
+    def __init__(self, config, partition, path=None, plot_path=None, target=None, stream=None, privacy=None):
         self.path, self.plot_path, self.stream = path, plot_path, stream or sys.stdout
         self.data = {"config": config, "partition": partition, "epochs": []}
+        if privacy:  # DP-FedAvg: delta and the accountant; each round's record has its "epsilon"
+            self.data["privacy"] = privacy
         if target is not None:
             self.data["target"] = {"accuracy": target, "reached_at": None, "seconds": None,
                                    "best_accuracy": None, "best_at": None}
@@ -145,6 +147,12 @@ def figure(data):
             acc_ax.axvline(target["reached_at"], color="tab:green", linestyle=":", linewidth=1,
                            label="reached at {} {}".format(x_label, target["reached_at"]))
         acc_ax.legend(fontsize="small")
+    spent = [(e["epoch"], e["epsilon"]) for e in epochs if e.get("epsilon") is not None]
+    if spent:  # DP-FedAvg: the privacy spent, on its own axis
+        eps_ax = acc_ax.twinx()
+        eps_ax.plot(*zip(*spent), color="tab:purple", linestyle="--", marker=".")
+        eps_ax.set_ylabel("epsilon at delta = {:g}".format(data["privacy"]["delta"]), color="tab:purple")
+        acc_ax.set_title("Test accuracy, and privacy spent (dashed)")
     loss_ax.plot(xs, [e["test_loss"] for e in tested], marker=marker, color="tab:red")
     loss_ax.set(xlabel=x_label, ylabel="test loss (cross-entropy)", title="Test loss")
     clients = [c["client"] for c in data.get("partition", [])] or sorted({w for e in epochs for w in e["train_loss"]})

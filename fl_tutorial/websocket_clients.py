@@ -25,7 +25,9 @@ from fl_tutorial import client_training, env, partition, processes, security, wi
 
 CONNECT_RETRY_SECONDS = 10
 REPLY_TIMEOUT = 30  # seconds without an answer before a client counts as gone
-SECONDS_PER_BATCH = 1  # ... and, for a training request (fit), this much more per planned batch
+SECONDS_PER_SAMPLE = 0.02  # ... and, for a training request (fit), this much more per planned sample (~4x what a
+# slow 2-core CPU takes)
+SECONDS_PER_SHARE = 30  # ... and, for --aggregation secure|trusted, this much more per share sent or summed
 SHARE_QUERY = list(client_training.SHARE_TAGS)  # what load_share tags the share with (fl_tutorial/worker.py)
 NONE_REPLY = b"\x28\xc0"  # syft's serialisation of None (uncompressed msgpack nil)
 
@@ -51,6 +53,16 @@ def parse_connect(text):
         raise argparse.ArgumentTypeError("{!r}: name each client once, e.g. client1=HOST:PORT,client2=HOST:PORT"
                                          .format(text))
     return clients
+
+
+def parse_address(text):
+    """argparse type for --aggregator: 'HOST:PORT' -> (host, port)."""
+    import argparse
+
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError("{!r} is not HOST:PORT (e.g. 192.168.1.30:8780)".format(text))
+    return host.strip("[]"), int(port)
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,8 +161,8 @@ def make_client_class():
 
         def fit(self, dataset_key, **kwargs):
             """syft's fit entry point, in one exchange: the client trains on its share (fl_tutorial/client_training.py)."""
-            batches = sum(len(one_pass) for one_pass in kwargs.get("passes", []))
-            self.ws.settimeout(REPLY_TIMEOUT + SECONDS_PER_BATCH * batches)  # a whole share trains in one exchange
+            samples = sum(len(batch) for one_pass in kwargs.get("passes", []) for batch in one_pass)
+            self.ws.settimeout(REPLY_TIMEOUT + SECONDS_PER_SAMPLE * samples)  # a whole share trains in one exchange
             try:
                 reply = self._send_msg_and_deserialize("fit", dataset_key=dataset_key, **kwargs)
             finally:
@@ -159,6 +171,34 @@ def make_client_class():
             if isinstance(reply, dict) and "error" in reply:
                 raise self.error("did not train: {}; the run stops here".format(reply["error"]))
             return reply
+
+        def share_update(self, round_id, weight, holders, noise_std):
+            """--aggregation secure|trusted: hand the kept update's shares to the holders (peer_aggregation.py)."""
+            return self._longer(SECONDS_PER_SHARE * len(holders), "share_update", round_id=round_id, weight=weight,
+                                holders=holders, noise_std=noise_std)
+
+        def receive_share(self, round_id, sender, share):
+            """Another client's call: take one share of `sender`'s update."""
+            return self._longer(SECONDS_PER_SHARE, "receive_share", round_id=round_id, sender=sender, share=share)
+
+        def sum_shares(self, round_id, senders):
+            """The holder's sum of the round's shares: {"sum": int64 tensor} or {"error": ...}."""
+            from fl_tutorial.peer_aggregation import from_wire, model_size
+
+            reply = self._longer(SECONDS_PER_SHARE, "sum_shares", round_id=round_id, senders=senders)
+            if "error" not in reply and from_wire(reply.get("sum"), model_size()) is None:
+                raise self.error("sent a sum that is not one of SimpleCNN's size; nothing was decoded, the run "
+                                 "stops here")
+            return reply
+
+        def _longer(self, seconds, command, **kwargs):
+            self.ws.settimeout(REPLY_TIMEOUT + seconds)
+            try:
+                reply = self._send_msg_and_deserialize(command, **kwargs)
+            finally:
+                if self.ws is not None:
+                    self.ws.settimeout(REPLY_TIMEOUT)
+            return reply if isinstance(reply, dict) else {"error": "a reply that is not a dict"}
 
         def close(self):
             self.given_up = True
@@ -172,34 +212,50 @@ def make_client_class():
     return Client
 
 
+class Clients(list):
+    """The clients, and --aggregation trusted's aggregator process (None for the other modes)."""
+
+    aggregator = None
+
+
+AGGREGATOR = "aggregator"
+
+
 @contextlib.contextmanager
 def clients(hook, args):
     """Step 1 with --workers websocket: the clients, connected; closed and stopped when the run ends.
 
     With --connect, the clients run already (on this or other machines). Otherwise
-    this run starts one process per client on 127.0.0.1 and stops them at the end.
+    this run starts one process per client on 127.0.0.1 and stops them at the end;
+    with --aggregation trusted, also the aggregator's (python -m fl_tutorial.worker --aggregator).
     """
+    trusted = args.aggregation == "trusted"
     with contextlib.ExitStack() as stack:
         if args.connect:
-            addresses = args.connect
+            addresses = args.connect + ([(AGGREGATOR,) + args.aggregator] if trusted else [])
             token = security.read_token(args.token_file) if args.token_file else None
             sslopt = security.client_sslopt(args.ca) if args.ca else None
         else:
-            ids = ["client{}".format(i) for i in range(1, args.num_clients + 1)]
+            ids = ["client{}".format(i) for i in range(1, args.num_clients + 1)] + ([AGGREGATOR] if trusted else [])
             try:
                 owners = ["--train-only"] if args.train_on == "client" else []  # they need nothing more
                 addresses, token = stack.enter_context(processes.LocalClients(
-                    ids, args.data_dir, args.token_file, ["--threads", str(threads_per_client(args))] + owners))
+                    ids, args.data_dir, args.token_file, ["--threads", str(threads_per_client(args))] + owners,
+                    args_for={AGGREGATOR: ["--aggregator"]}))
             except processes.StartError as error:  # one line, like every other client failure
                 raise ClientError(str(error)) from None
             sslopt = None
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         stack.callback(signal.signal, signal.SIGTERM, previous)
-        workers = []
+        workers = Clients()
         stack.callback(_disconnect, workers)
         Client = make_client_class()
         for worker_id, host, port in addresses:
-            workers.append(Client(hook, host, port, worker_id, token=token, sslopt=sslopt))
+            worker = Client(hook, host, port, worker_id, token=token, sslopt=sslopt)
+            if trusted and worker_id == AGGREGATOR:
+                workers.aggregator = worker
+            else:
+                workers.append(worker)
         yield workers
 
 
@@ -225,7 +281,7 @@ def _exit_on_sigterm(signum, frame):
 def _disconnect(workers):
     """Forget the clients' objects (pointers can no longer reach them), ask each to free them, close."""
     env.disarm_pointers()
-    for worker in workers:
+    for worker in list(workers) + ([workers.aggregator] if workers.aggregator else []):
         try:
             if worker.ws is not None:
                 worker.clear_objects_remote()

@@ -65,7 +65,8 @@ POINTER = "syft.generic.pointers.pointer_tensor.PointerTensor"
 # What a token-holding coordinator may make a worker do (fl_tutorial/worker.py checks these):
 MESSAGES = {"TensorCommandMessage", "ForceObjectDeleteMessage", "IsNoneMessage", "ObjectMessage",
             "ObjectRequestMessage", "GetShapeMessage", "WorkerCommandMessage", "SearchMessage"}
-COMMANDS = {"load_share", "fit", "clear_objects", "_log_msgs"}  # worker commands (WorkerCommandMessage)
+COMMANDS = {"load_share", "fit", "clear_objects", "_log_msgs",  # worker commands (WorkerCommandMessage)
+            "share_update", "receive_share", "sum_shares"}  # --aggregation secure|trusted (peer_aggregation.py)
 FUNCTIONS = {"torch.nn.functional.conv2d", "torch.nn.functional.relu", "torch.nn.functional.max_pool2d",
              "torch.nn.functional.linear", "torch.nn.functional.dropout", "torch.nn.functional.cross_entropy",
              "torch.stack"}  # torch.stack: the course's FederatedDataLoader, with --data-from server
@@ -75,7 +76,11 @@ WORKER_METHODS = set()  # on the worker itself: none
 # requests and cleanup, and nothing else: no tensor command, no request for an object, no search
 # (subsets of the lists above; a test checks it).
 TRAIN_ONLY_MESSAGES = {"WorkerCommandMessage"}
-TRAIN_ONLY_COMMANDS = {"load_share", "fit", "clear_objects", "_log_msgs"}
+TRAIN_ONLY_COMMANDS = {"load_share", "fit", "clear_objects", "_log_msgs", "share_update", "receive_share",
+                       "sum_shares"}
+# --aggregation trusted's aggregator (python -m fl_tutorial.worker --aggregator) holds no data: it takes
+# shares and sums them, nothing else.
+AGGREGATOR_COMMANDS = {"receive_share", "sum_shares", "clear_objects", "_log_msgs"}
 
 
 class Refused(Exception):

@@ -41,7 +41,13 @@ def build_parser():
     parser.add_argument("--token-file", metavar="FILE", help="accept only connections that present this token")
     parser.add_argument("--cert", metavar="FILE", help="serve wss:// with this certificate (PEM) ...")
     parser.add_argument("--key", metavar="FILE", help="... and this private key (PEM)")
+    parser.add_argument("--ca", metavar="FILE",
+                        help="--aggregation secure over TLS: verify the other clients' certificates against this CA "
+                             "when sending them shares")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's own choice)")
+    parser.add_argument("--aggregator", action="store_true",
+                        help="hold no data: only sum the updates the clients send (--aggregation trusted's "
+                             "aggregator, e.g. --id aggregator)")
     parser.add_argument("--train-only", action="store_true",
                         help="answer only what --train-on client needs (the share's rule, training requests, "
                              "cleanup): no pointer commands, no object requests, no losses; the coordinator gets "
@@ -69,9 +75,12 @@ def check_args(parser, args):
                 args.host, security.MAKE_TOKEN))
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
+    if args.aggregator and args.train_only:
+        parser.error("--aggregator holds no data and takes no training: leave out --train-only")
     try:
         token = security.read_token(args.token_file) if args.token_file else None
         context = security.server_context(args.cert, args.key) if args.cert else None
+        args.ca and security.client_sslopt(args.ca)
     except security.SecurityError as error:
         parser.error(str(error))
     return token, context
@@ -90,19 +99,25 @@ def make_owner_class(sy):
     from syft.workers.websocket_server import WebsocketServerWorker
 
     from fl_tutorial import client_training, mnist, partition
+    from fl_tutorial.peer_aggregation import Holder
 
-    class DataOwner(WebsocketServerWorker):
-        def __init__(self, hook, host, port, id, data_dir, token, ssl_context, train_only=False):
+    class DataOwner(Holder, WebsocketServerWorker):
+        def __init__(self, hook, host, port, id, data_dir, token, ssl_context, train_only=False, ca=None,
+                     aggregator=False):
             super().__init__(hook, host=host, port=port, id=id)
             self.data_dir, self.token, self.ssl_context, self.train_only = data_dir, token, ssl_context, train_only
+            self.ca, self.aggregator = ca, aggregator
+            self.forget_rounds()
             self.accepts_foreign_pointers = False  # it knows no other worker (fl_tutorial/wire.py)
             self._message_router = {kind: self._only_known(kind, handler)
                                     for kind, handler in self._message_router.items()}
 
         def _only_known(self, kind, handler):
             """A kind of message that training never sends (a Plan, say) is refused, not handled."""
-            allowed, what = ((wire.TRAIN_ONLY_MESSAGES, "a kind of message a train-only data owner does not take")
-                             if self.train_only else (wire.MESSAGES, "a kind of message this worker does not take"))
+            allowed, what = ((wire.TRAIN_ONLY_MESSAGES, "a kind of message {} does not take".format(
+                                 "an aggregator" if self.aggregator else "a train-only data owner"))
+                             if self.train_only or self.aggregator else
+                             (wire.MESSAGES, "a kind of message this worker does not take"))
 
             def checked(message):
                 _allow("message", kind.__name__, allowed, what)
@@ -110,7 +125,9 @@ def make_owner_class(sy):
             return checked
 
         def execute_worker_command(self, message):
-            allowed, what = ((wire.TRAIN_ONLY_COMMANDS, "a worker command a train-only data owner does not run")
+            allowed, what = ((wire.AGGREGATOR_COMMANDS, "a worker command an aggregator does not run")
+                             if self.aggregator else
+                             (wire.TRAIN_ONLY_COMMANDS, "a worker command a train-only data owner does not run")
                              if self.train_only else (wire.COMMANDS, "a worker command this worker does not run"))
             _allow("command", message.command_name, allowed, what)
             return super().execute_worker_command(message)
@@ -124,6 +141,9 @@ def make_owner_class(sy):
             reply = client_training.fit_share(self, dataset_key, weights, passes, settings, self.train_only)
             if "error" in reply:
                 log(self.id, "did not train: {}".format(reply["error"]))
+            elif isinstance(settings, dict) and isinstance(settings.get("keep"), str):  # secure or trusted: it stays
+                self.keep_update(settings["keep"], reply.pop("weights"), weights)
+                reply["weights"] = None
             return reply
 
         def execute_computation_action(self, action):
@@ -144,6 +164,7 @@ def make_owner_class(sy):
             """
             try:
                 self.clear_objects()  # one coordinator at a time: what an earlier run left goes
+                self.forget_rounds()
                 images, labels = mnist.normalized(self.data_dir)
                 share = torch.from_numpy(partition.split(labels.numpy(), rule)[index])
                 if self.train_only and len(share) < client_training.MIN_BATCH_TRAIN_ONLY:  # its labels would show
@@ -247,15 +268,16 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        mnist.ensure(args.data_dir)  # fail now, on this machine, rather than at the coordinator's first call
+        args.aggregator or mnist.ensure(args.data_dir)  # fail now, on this machine, not at the coordinator's call
     except mnist.DataError as error:
         sys.exit("error: {}".format(error))
     hook = sy.TorchHook(torch)
-    owner = make_owner_class(sy)(hook, args.host, args.port, args.id, args.data_dir, token, context, args.train_only)
+    owner = make_owner_class(sy)(hook, args.host, args.port, args.id, args.data_dir, token, context, args.train_only,
+                                 args.ca, args.aggregator)
     try:
         owner.serve(lambda url: print("{} ready on {} ({}, {}{})".format(
             args.id, url, "token required" if token else "no token", "TLS" if context else "no TLS",
-            ", train-only" if args.train_only else ""), flush=True))
+            ", aggregator" if args.aggregator else ", train-only" if args.train_only else ""), flush=True))
     except OSError as error:  # the port is taken, or the address is not this machine's
         parser.error("cannot listen on {}:{}: {}".format(args.host, args.port, error.strerror or error))
     log(args.id, "stopped")

@@ -4,6 +4,7 @@ Both must end with the weights of --aggregation server, and must not show the
 server what they promise to hide: a record of everything that reaches the
 server's side during aggregation proves it.
 """
+import argparse
 import numpy
 import pytest
 import torch
@@ -18,8 +19,11 @@ ROUNDS = 2
 @pytest.fixture(scope="module")
 def helpers(sy, hook):
     """The extra workers, once per session: syft keys workers by id."""
-    return {"trusted": aggregation.make("trusted", sy, hook), "secure": aggregation.make("secure", sy, hook),
-            "server": aggregation.ServerAverage()}
+    def made(kind):
+        return aggregation.make(argparse.Namespace(aggregation=kind, workers="virtual", dp_noise=None, dp_clip=None),
+                                sy, hook)
+
+    return {"trusted": made("trusted"), "secure": made("secure"), "server": aggregation.ServerAverage()}
 
 
 @pytest.mark.parametrize("flags", [[], ["--partition", "noniid", "--local-epochs", "2"]], ids=["iid", "noniid"])
@@ -163,10 +167,10 @@ def test_trusted_server_receives_only_the_average(sy, hook, mnist_dir, workers, 
     (["--aggregation", "secure"], "--aggregation secure is for --strategy fedavg"),
     (["--aggregation", "trusted", "--strategy", "sequential"], "--aggregation trusted is for --strategy fedavg"),
     (["--aggregation", "secure", "--strategy", "fedavg", "--num-clients", "1"], "needs at least 2 clients"),
-    (["--aggregation", "trusted", "--strategy", "fedavg", "--workers", "websocket"],
-     "needs workers that reach one another"),
-    (["--aggregation", "secure", "--strategy", "fedavg", "--workers", "websocket"],
-     "needs workers that reach one another"),
+    (["--aggregation", "trusted", "--strategy", "fedavg", "--workers", "websocket", "--num-clients", "1"],
+     "--aggregation trusted needs at least 2 clients"),
+    (["--aggregation", "secure", "--strategy", "fedavg", "--train-on", "client"],
+     "with VirtualWorkers keeps the copies on the clients"),
     (["--aggregation", "sum"], "invalid choice"),
 ])
 def test_combinations_that_cannot_work_get_the_usage_error(capsys, flags, message):

@@ -250,6 +250,7 @@ def test_a_train_only_owner_refuses_every_other_message_and_keeps_serving(sy, ho
 
 def test_what_a_train_only_owner_takes_is_a_part_of_what_any_worker_takes():
     assert wire.TRAIN_ONLY_MESSAGES < wire.MESSAGES and wire.TRAIN_ONLY_COMMANDS <= wire.COMMANDS
+    assert wire.AGGREGATOR_COMMANDS < wire.TRAIN_ONLY_COMMANDS  # an aggregator: shares and sums only
 
 
 @pytest.mark.parametrize("command", ["search", "get_obj", "respond_to_obj_req", "load_data", "set_obj", "_objects"])

@@ -231,7 +231,7 @@ def test_a_run_that_misses_the_target_says_what_it_reached_and_tests_every_k_rou
     (["--strategy", "fedavg", "--num-clients", "4", "--clients-per-round", "1", "--aggregation", "secure"],
      "--aggregation secure needs at least 2 clients a round"),
     (["--strategy", "fedavg", "--train-on", "client", "--aggregation", "trusted"],
-     "--aggregation trusted keeps the copies on the clients, but with --train-on client"),
+     "--aggregation trusted with VirtualWorkers keeps the copies on the clients, but with --train-on client"),
     (["--strategy", "fedavg", "--prox-mu", "-1"], "--prox-mu: must be >= 0.0"),
     (["--target-accuracy", "99"], "--target-accuracy: must be at most 1 (a fraction: 0.99 is 99%), got 99"),
     (["--target-accuracy", "0"], "--target-accuracy: must be > 0.0"),

@@ -179,12 +179,18 @@ def search(args, jobs):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def runs_parser(description, out):
+    """The flags every table of runs takes: --data-dir, --out (default `out`), --jobs."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw (default: ./data)")
-    parser.add_argument("--out", default="results/fedavg-paper", help="where the runs go (default: %(default)s)")
+    parser.add_argument("--out", default=out, help="where the runs go (default: %(default)s)")
     parser.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
                         help="runs at a time, one core each (default: this machine's cores)")
+    return parser
+
+
+def main():
+    parser = runs_parser(__doc__.splitlines()[0], "results/fedavg-paper")
     parser.add_argument("--only", help="comma-separated run names (iid-e5-b10, noniid-fedsgd, ...)")
     parser.add_argument("--max-rounds-scale", type=positive_float, default=1.0,
                         help="multiply every round limit (a quick look: 0.1)")

@@ -1,0 +1,34 @@
+"""A client for the secure-aggregation tests: fl_tutorial.worker, watched from inside.
+
+    PEER_RECORD=DIR python -m tests.peer_worker --id client3 ...   saves every share it receives from
+                                                                   another client into DIR (torch.save)
+    PEER_DIE=1 python -m tests.peer_worker --id client3 ...        dies (exit status 9) when the first share
+                                                                   arrives: a client lost during aggregation
+"""
+import os
+
+import torch
+
+from fl_tutorial import peer_aggregation, worker
+
+
+def main():
+    real = peer_aggregation.Holder.receive_share
+    record, die = os.environ.get("PEER_RECORD"), os.environ.get("PEER_DIE")
+
+    def receive_share(self, round_id, sender, share):
+        if die:
+            os._exit(9)
+        if record:
+            torch.save(share, os.path.join(record, "{}-{}-from-{}.pt".format(round_id, self.id, sender)))
+        return real(self, round_id, sender, share)
+
+    peer_aggregation.Holder.receive_share = receive_share
+    worker.main()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass
