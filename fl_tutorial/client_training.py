@@ -96,6 +96,9 @@ def train_visit(worker, model, passes, args, progress, threads=None, keep=None):
     reply = worker.fit(DATASET_KEY, weights=weights, passes=passes, settings=settings)
     problem = reply_problem(reply, None if keep else weights,
                             sum(len(batch) for one_pass in passes for batch in one_pass))
+    if problem and problem.endswith("is not finite"):
+        raise worker.error("sent weights that are not finite ({}): training diverged there (is --lr, or --dp-noise, "
+                           "too large?), or the client is faulty; the run stops here".format(problem))
     if problem:
         raise worker.error("sent a training reply that does not fit the request ({}); the run stops here".format(problem))
     for size, loss in reply["losses"] or [(len(batch), None) for one_pass in passes for batch in one_pass]:
@@ -106,12 +109,10 @@ def train_visit(worker, model, passes, args, progress, threads=None, keep=None):
 def reply_problem(reply, weights, trained):
     """What is wrong with a client's answer to `fit`, or None: the same weights (none if it keeps its update),
     a count, a loss per batch."""
-    if not isinstance(reply, dict):
-        return "no reply"
     if weights is None:
-        return ("weights, though it was to keep its update" if reply.get("weights") is not None
-                else _counts_problem(reply, trained))
-    if not isinstance(reply.get("weights"), dict):
+        return ("no reply" if not isinstance(reply, dict) else "weights, though it was to keep its update"
+                if reply.get("weights") is not None else _counts_problem(reply, trained))
+    if not isinstance(reply, dict) or not isinstance(reply.get("weights"), dict):
         return "no weights"
     got = reply["weights"]
     if set(got) != set(weights):

@@ -94,7 +94,7 @@ def updates_after_local_training(sy, mnist_dir, workers):
     captured = {}
 
     class Capture(aggregation.Aggregation):
-        def average(self, updates):
+        def average(self, updates, start=None):
             captured["updates"] = updates
             return model.state_dict()
 

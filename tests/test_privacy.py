@@ -373,3 +373,22 @@ def test_secure_aggregation_across_processes_with_dp_noise_added_by_the_clients(
 ])
 def test_impossible_privacy_settings_get_the_usage_error(capsys, flags, complaint):
     assert_usage_error(capsys, flags, complaint)
+
+
+def test_the_privacy_table_runs_valid_flags_and_reports_a_diverged_run():
+    import federated_learning as fl
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import fedavg_paper
+    import privacy_table
+
+    jobs = list(privacy_table.jobs(rounds=3, clip=0.5))
+    assert [name for name, _ in jobs] == ["fedavg", "clip-only", "noise-0.01", "noise-0.1", "noise-1"]
+    for name, flags in jobs:
+        args = fl.parse_args(fedavg_paper.COMMON + flags + ["--lr", str(privacy_table.LR)])
+        assert (args.dp_clip, args.dp_noise) == ((None, None) if name == "fedavg" else
+                                                 (0.5, None if name == "clip-only" else float(name[6:])))
+    record = {"epoch": 1, "test_accuracy": 0.5, "seconds": 60.0, "epsilon": 7.7}
+    config = {"dp_noise": 1.0, "dp_clip": 1.0}
+    table = privacy_table.table({"noise-1": {"config": config, "epochs": [record], "stopped": ["error: ..."]}})
+    assert table.splitlines()[-1] == "| noise-1 | 1 | 1 | 1 (then diverged) | 7.7 | 50.00% | 50.00% | 1 min |"

@@ -313,7 +313,7 @@ def test_a_client_that_cannot_start_gets_one_message(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MNIST_MIRRORS", "http://127.0.0.1:9/none/")
     args = argparse.Namespace(connect=None, num_clients=1, data_dir=str(tmp_path / "empty"), token_file=None,
-                              strategy="sequential", in_turn=False, train_on="coordinator")
+                              strategy="sequential", in_turn=False, train_on="coordinator", aggregation="server")
     with pytest.raises(websocket_clients.ClientError, match=r"^client1 stopped at start \(exit status 1\): "):
         with websocket_clients.clients(None, args):
             pass
