@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from flower_twin import config, task
+from flower_twin import config, processes, task
 from flower_twin.federation import FederationError, LocalFederation
 from fl_tutorial import files, mnist, partition
 
@@ -121,9 +121,12 @@ def _terminate(signum, frame):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _terminate)
+    processes.become_subreaper()  # what Ray leaves behind comes back here, and goes with the rest
     try:
         main()
     except KeyboardInterrupt:
         sys.exit("Interrupted.")
     except FederationError as error:
         sys.exit("error: {}".format(error))
+    finally:
+        processes.end_descendants()

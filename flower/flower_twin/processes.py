@@ -102,6 +102,59 @@ class Processes:
             time.sleep(0.2)
 
 
+def become_subreaper():
+    """Linux: processes this one's descendants leave behind (Ray's agents, whose raylet is gone) become its
+    children instead of init's, so that end_descendants() finds them all, marked or not."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def descendants(pid=None):
+    """Linux: (pid, state) of every live or zombie descendant of `pid` (default: this process)."""
+    parents = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open("/proc/{}/stat".format(entry)) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents.setdefault(int(fields[1]), []).append((int(entry), fields[0]))
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [], [pid or os.getpid()]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def end_descendants(timeout=STOP_TIMEOUT):
+    """Before the launcher exits: SIGTERM, then SIGKILL, every descendant left, and reap them, until none is left."""
+    deadline = time.time() + timeout
+    while True:
+        while True:  # reap what has ended (they are this process's children: become_subreaper())
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        alive = [pid for pid, state in descendants() if state != "Z"]
+        if not alive and not [pid for pid, _ in descendants()]:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGTERM if time.time() < deadline else signal.SIGKILL)
+            except OSError:
+                pass
+        if time.time() > deadline + STOP_TIMEOUT:
+            return
+        time.sleep(0.2)
+
+
 def _signal_group(proc, sig):
     try:
         os.killpg(proc.pid, sig)  # its own session: the process group has its id
