@@ -3,6 +3,9 @@
 # make test also builds .venv-flower (CPython 3.11+, flower/requirements.txt) for the Flower twin.
 #   make run ARGS="--epochs 3 --lr 0.02"     pass flags to federated_learning.py
 #                                            (default: its own, --epochs 1 --lr 0.01)
+#   make test                                the fast part of both suites, after every change (~10 min)
+#   make test-all                            every test of both suites, as CI runs them
+#   make lint                                ruff, and the package's layers (import-linter), from .venv-lint
 #   make venv                                only build the environment
 #   make bench ARGS="--max-batches 100"      the speed benchmark (docs/)
 #   make experiments DATA=./data             the experiments table (~40 min)
@@ -21,24 +24,49 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 FLOWER_VENV   := .venv-flower
 FLOWER_PYTHON := $(FLOWER_VENV)/bin/python
+LINT_VENV     := .venv-lint
 ARGS    ?=
 # Build tools for the few source packages (psutil, tornado, phe), pinned for Python 3.8.
 # pip stays at 24.0: pip 24.1+ rejects syft 0.2.6's wheel metadata as invalid.
 BOOTSTRAP := pip==24.0 setuptools==75.3.0 wheel==0.45.1
 
-.PHONY: help run test test-pysyft test-flower fuzz venv flower flower-venv compare bench experiments \
-	aggregation-experiments fedavg-paper fedavg-paper-lr privacy-table notebook course clean
+.PHONY: help run test test-pysyft test-flower test-all test-all-pysyft test-all-flower lint lint-venv fuzz venv \
+	flower flower-venv compare bench experiments aggregation-experiments fedavg-paper fedavg-paper-lr privacy-table \
+	notebook course clean
 
 run: venv  ## train: federated_learning.py with ARGS (default: 1 epoch, lr 0.01)
 	$(PYTHON) federated_learning.py $(ARGS)
 
-# Both suites, each in its own environment; PYTEST_ARGS goes to both.
-test: test-pysyft test-flower  ## both test suites (test-pysyft, then test-flower); PYTEST_ARGS goes to both
-test-pysyft: venv  ## the PySyft suite, tests/, in .venv
+# Both suites, each in its own environment; PYTEST_ARGS goes to each. make test leaves out the tests
+# marked slow (docs/contributing.md says which, and why the fast part still proves the equivalences).
+FAST := -m "not slow"
+test: test-pysyft test-flower  ## the fast part of both suites, after every change; PYTEST_ARGS goes to both
+test-pysyft: venv  ## the fast part of the PySyft suite, tests/, in .venv
+	$(PYTHON) -m pytest $(FAST) $(PYTEST_ARGS)
+
+test-flower: venv flower-venv  ## the fast part of the Flower twin's suite, flower/tests/, in .venv-flower
+	$(FLOWER_PYTHON) -m pytest flower/tests $(FAST) $(PYTEST_ARGS)
+
+test-all: test-all-pysyft test-all-flower  ## every test of both suites (what .ci/run runs)
+test-all-pysyft: venv  ## every test of the PySyft suite
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-test-flower: venv flower-venv  ## the Flower twin's suite, flower/tests/, in .venv-flower
+test-all-flower: venv flower-venv  ## every test of the Flower twin's suite
 	$(FLOWER_PYTHON) -m pytest flower/tests $(PYTEST_ARGS)
+
+# ruff (pyproject.toml's [tool.ruff], flower/'s own for Python 3.11+) and import-linter's contracts on the
+# layers of fl_tutorial ([tool.importlinter]); their own small environment, CPython 3.11+.
+lint: lint-venv  ## ruff on everything, and fl_tutorial's layers (import-linter)
+	$(LINT_VENV)/bin/ruff check .
+	PYTHONPATH=. $(LINT_VENV)/bin/lint-imports --no-cache
+
+lint-venv: $(LINT_VENV)/.installed  ## only build .venv-lint (CPython 3.11+ and tools/lint-requirements.txt)
+$(LINT_VENV)/.installed: tools/lint-requirements.txt
+	@python=$$(sh tools/find-python.sh 3.11 3.12 3.13) || exit 1; \
+	if [ ! -x $(LINT_VENV)/bin/python ]; then "$$python" -m venv $(LINT_VENV) || exit 1; fi; \
+	$(LINT_VENV)/bin/python -m pip install --quiet --no-deps -r tools/lint-requirements.txt \
+	|| { echo "error: installing the linters into $(LINT_VENV) failed (pip's message is above)." >&2; exit 1; }
+	@touch $@
 
 # The wire fuzzed longer than make test does (docs/separate-parties.md, "Security"): FUZZ_CASES broken messages to a
 # worker, and as many broken replies to the coordinator.
@@ -55,7 +83,7 @@ compare: venv flower-venv  ## PySyft and the Flower twin side by side, one table
 	$(FLOWER_PYTHON) tools/compare.py $(ARGS)
 
 bench: venv  ## the speed benchmark, a markdown table (docs/speed.md)
-	$(PYTHON) bench.py $(ARGS)
+	$(PYTHON) tools/bench.py $(ARGS)
 
 # The experiments table (docs/experiments.md): same data, lr and total local epochs, one flag changed at a time.
 DATA ?= ./data
@@ -125,7 +153,7 @@ venv: $(VENV)/.installed  ## only build .venv (CPython 3.8 and the pins of requi
 # syft's aiortc -> PyAV 8 dependency, which no longer builds (docs/installing.md, "WebRTC").
 # Then this project's own package: fl_tutorial and the start-up hook that lets every
 # process of .venv `import syft` and download MNIST (docs/notebook-and-course.md, "The course").
-$(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard fl_tutorial/*.py)
+$(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard fl_tutorial/*.py fl_tutorial/*/*.py)
 	@python=$$(sh tools/find-python.sh 3.8) || exit 1; \
 	if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 8))' 2>/dev/null; then \
 		echo "Creating $(VENV) with $$python"; rm -rf $(VENV); "$$python" -m venv $(VENV) || exit 1; \
@@ -140,22 +168,25 @@ $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard fl_tutor
 
 # The twin's environment: CPython 3.11+ and the pins of flower/requirements.txt (no build tools
 # needed: every pin is a wheel), then the app itself, editable, so that flower_twin and the
-# tutorial's fl_tutorial are importable in every process Flower and Ray start.
+# tutorial's core (fl_tutorial/core, and nothing else of fl_tutorial) are importable in every process
+# Flower and Ray start. Strict mode links each file: a new file of theirs installs the app again.
 flower-venv: $(FLOWER_VENV)/.installed  ## only build .venv-flower (CPython 3.11+ and flower/requirements.txt)
-$(FLOWER_VENV)/.installed: flower/requirements.txt flower/pyproject.toml
+$(FLOWER_VENV)/.installed: flower/requirements.txt flower/pyproject.toml $(wildcard flower/flower_twin/*.py) \
+		$(wildcard fl_tutorial/core/*.py)
 	@python=$$(sh tools/find-python.sh 3.11 3.12 3.13) || exit 1; \
 	if [ ! -x $(FLOWER_PYTHON) ] || ! $(FLOWER_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then \
 		echo "Creating $(FLOWER_VENV) with $$python"; rm -rf $(FLOWER_VENV); "$$python" -m venv $(FLOWER_VENV) || exit 1; \
 	fi; \
 	$(FLOWER_PYTHON) -m pip install --no-deps -r flower/requirements.txt \
-	&& rm -rf flower/build && $(FLOWER_PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e flower \
+	&& rm -rf flower/build && $(FLOWER_PYTHON) -m pip install --quiet --no-deps --no-build-isolation \
+		--config-settings editable_mode=strict -e flower \
 	|| { echo >&2; echo "error: installing the pinned packages into $(FLOWER_VENV) failed (pip's message is above)." >&2; \
 	     echo "It needs access to PyPI the first time: torch 2.14.1 with its CUDA libraries is about 5 GB on Linux." >&2; \
 	     echo "Fix the cause and run make again; it picks up where it stopped." >&2; exit 1; }
 	@touch $@
 
-clean:  ## remove both environments and the build files
-	rm -rf $(VENV) $(FLOWER_VENV) .pytest_cache build flower/build fl_tutorial.egg-info flower/*.egg-info
+clean:  ## remove the environments and the build files
+	rm -rf $(VENV) $(FLOWER_VENV) $(LINT_VENV) .pytest_cache build flower/build fl_tutorial.egg-info flower/*.egg-info
 
 # The targets, one line each, from the ## comments on their rule lines.
 help:  ## this list

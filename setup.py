@@ -1,4 +1,4 @@
-"""Adds the course environment's start-up hook to the wheel (see fl_tutorial/startup.py).
+"""Adds the course environment's start-up hook to the wheel (see fl_tutorial/pysyft/startup.py).
 
 A .pth file in site-packages runs its `import` line whenever Python starts. The
 hook is copied to the top-level module `fl_tutorial_startup`, so that start-up
@@ -15,7 +15,7 @@ PTH_LINE = "import fl_tutorial_startup; fl_tutorial_startup.install()\n"
 class BuildWithStartupHook(build_py):
     def run(self):
         super().run()
-        self.copy_file(os.path.join("fl_tutorial", "startup.py"),
+        self.copy_file(os.path.join("fl_tutorial", "pysyft", "startup.py"),
                        os.path.join(self.build_lib, "fl_tutorial_startup.py"))
         with open(os.path.join(self.build_lib, "fl_tutorial_startup.pth"), "w") as pth:
             pth.write(PTH_LINE)

@@ -10,8 +10,8 @@ tensors it receives with torch.load).
 import os
 import pickle
 
-from fl_tutorial import worker
-from fl_tutorial.env import import_syft
+from fl_tutorial.pysyft.env import import_syft
+from fl_tutorial.remote import worker
 
 
 class Exploit:
@@ -44,11 +44,8 @@ def main():
         return real(owner, tensor)
 
     torch_serde.torch_tensor_serializer = serializer
-    worker.main()
+    worker.run()
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        pass
+    main()

@@ -9,11 +9,12 @@ import os
 
 import torch
 
-from fl_tutorial import peer_aggregation, worker
+from fl_tutorial.privacy import peer_sum
+from fl_tutorial.remote import worker
 
 
 def main():
-    real = peer_aggregation.Holder.receive_share
+    real = peer_sum.Holder.receive_share
     record, die = os.environ.get("PEER_RECORD"), os.environ.get("PEER_DIE")
 
     def receive_share(self, round_id, sender, share):
@@ -23,12 +24,9 @@ def main():
             torch.save(share, os.path.join(record, "{}-{}-from-{}.pt".format(round_id, self.id, sender)))
         return real(self, round_id, sender, share)
 
-    peer_aggregation.Holder.receive_share = receive_share
-    worker.main()
+    peer_sum.Holder.receive_share = receive_share
+    worker.run()
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        pass
+    main()

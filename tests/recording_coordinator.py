@@ -14,7 +14,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import federated_learning as fl  # noqa: E402
-from fl_tutorial import client_training, peer_aggregation, websocket_clients  # noqa: E402
+from fl_tutorial.privacy import peer_sum  # noqa: E402
+from fl_tutorial.pysyft import client_training, exits  # noqa: E402
+from fl_tutorial.remote import websocket_clients  # noqa: E402
 
 RECORDED = {"updates": [], "replies": []}
 
@@ -24,7 +26,7 @@ def save():
 
 
 def main():
-    train_visit, average = client_training.train_visit, peer_aggregation.PeerSum.average
+    train_visit, average = client_training.train_visit, peer_sum.PeerSum.average
     aggregating = [False]
 
     def recording_train_visit(worker, model, *args, **kwargs):
@@ -53,13 +55,10 @@ def main():
         return reply
 
     client_training.train_visit = recording_train_visit
-    peer_aggregation.PeerSum.average = recording_average
+    peer_sum.PeerSum.average = recording_average
     Client._send_msg_and_deserialize = recording_send
     sys.argv[0] = fl.__file__
-    try:
-        fl.main()
-    except (websocket_clients.ClientError, fl.aggregation.AggregationError, fl.wire.Refused) as error:
-        sys.exit("error: {}".format(error))
+    exits.run(fl.main)
 
 
 if __name__ == "__main__":

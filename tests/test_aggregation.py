@@ -4,14 +4,20 @@ Both must end with the weights of --aggregation server, and must not show the
 server what they promise to hide: a record of everything that reaches the
 server's side during aggregation proves it.
 """
-import argparse
+import io
+import json
+
 import numpy
 import pytest
 import torch
 
 import federated_learning as fl
-from conftest import args_for, assert_clean_exit, assert_usage_error, peek, run_script, train_epochs
-from fl_tutorial import aggregation, mnist
+from fl_tutorial.core import mnist, report
+from fl_tutorial.core.model import SimpleCNN
+from fl_tutorial.experiment.fedavg import FedAvg, make_averaging
+from fl_tutorial.privacy import aggregation
+from fl_tutorial.privacy.fixed_point import PRECISION_FRACTIONAL
+from helpers import CPU, args_for, assert_clean_exit, assert_usage_error, parse, peek, run_script, train_epochs
 
 ROUNDS = 2
 
@@ -20,13 +26,15 @@ ROUNDS = 2
 def helpers(sy, hook):
     """The extra workers, once per session: syft keys workers by id."""
     def made(kind):
-        return aggregation.make(argparse.Namespace(aggregation=kind, workers="virtual", dp_noise=None, dp_clip=None),
-                                sy, hook)
+        return make_averaging(parse(["--strategy", "fedavg", "--aggregation", kind]), hook)
 
     return {"trusted": made("trusted"), "secure": made("secure"), "server": aggregation.ServerAverage()}
 
 
-@pytest.mark.parametrize("flags", [[], ["--partition", "noniid", "--local-epochs", "2"]], ids=["iid", "noniid"])
+@pytest.mark.parametrize("flags", [
+    pytest.param([], id="iid"),
+    pytest.param(["--partition", "noniid", "--local-epochs", "2"], id="noniid", marks=pytest.mark.slow),
+])
 def test_trusted_and_secure_end_with_the_weights_of_server(sy, mnist_dir, workers, helpers, flags):
     # Round by round, each from the server's weights and random state: the clients train the very same
     # copies, so the rounds' results differ by the averaging alone. (Over several rounds, training would
@@ -34,12 +42,12 @@ def test_trusted_and_secure_end_with_the_weights_of_server(sy, mnist_dir, worker
     mnist.ensure(mnist_dir)
     args = args_for(mnist_dir, "--strategy", "fedavg", *flags)
     torch.manual_seed(0)
-    weights, rng = fl.SimpleCNN().state_dict(), torch.get_rng_state()
+    weights, rng = SimpleCNN().state_dict(), torch.get_rng_state()
     for _ in range(ROUNDS):
         ends = {}
         for kind in ("trusted", "secure", "server"):  # server last: its random state goes on
             torch.set_rng_state(rng)
-            model = fl.SimpleCNN()
+            model = SimpleCNN()
             model.load_state_dict(weights)
             train_epochs(sy, args, model, workers, 1, helpers[kind])
             ends[kind] = model.state_dict()
@@ -89,21 +97,17 @@ def updates_after_local_training(sy, mnist_dir, workers):
     federated, _ = fl.federated_mnist(args, tuple(workers))
     loader = sy.FederatedDataLoader(federated, batch_size=64, shuffle=True)
     torch.manual_seed(0)
-    model = fl.SimpleCNN()
+    model = SimpleCNN()
 
     captured = {}
 
     class Capture(aggregation.Aggregation):
-        def average(self, updates, start=None):
+        def average(self, updates, start):
             captured["updates"] = updates
             return model.state_dict()
 
-    import io
-
-    from fl_tutorial import report
-
     progress = report.Progress("Round", 1, len(federated), 10 ** 9, stream=io.StringIO())
-    fl.train_fedavg(args, model, torch.device("cpu"), loader, progress, Capture())
+    FedAvg(args, Capture(), fl.train_steps, CPU, 64).round(model, loader, progress)
     updates = captured["updates"]
     plain = [(n, {name: peek(p) for name, p in m.named_parameters()}) for n, m in updates]
     return updates, plain
@@ -113,7 +117,7 @@ def test_secure_server_decodes_only_the_sums(sy, hook, mnist_dir, workers, helpe
     updates, plain = updates_after_local_training(sy, mnist_dir, workers)
     expected = aggregation.weighted_average(plain)
     side = ServerSide(monkeypatch, hook.local_worker)
-    averaged = helpers["secure"].average(updates)
+    averaged = helpers["secure"].average(updates, start=None)
     # What the server decodes: exactly one tensor per parameter, each the weighted average.
     assert len(side.decoded) == len(expected)
     for decoded, name in zip(side.decoded, expected):
@@ -123,9 +127,9 @@ def test_secure_server_decodes_only_the_sums(sy, hook, mnist_dir, workers, helpe
     assert received, "nothing was recorded: the check would prove nothing"
     weights = [n / sum(n for n, _ in plain) for n, _ in plain]
     for (_, update), weight in zip(plain, weights):
-        for name, value in update.items():
+        for value in update.values():
             secrets_of_one = [value, value * weight,
-                              (value * weight * 10 ** aggregation.PRECISION_FRACTIONAL).long()]
+                              (value * weight * 10 ** PRECISION_FRACTIONAL).long()]
             for tensor in received:
                 for secret in secrets_of_one:
                     assert tensor.shape != secret.shape or not torch.allclose(
@@ -135,7 +139,7 @@ def test_secure_server_decodes_only_the_sums(sy, hook, mnist_dir, workers, helpe
 def test_what_a_client_holds_of_another_clients_update_looks_random(sy, workers, helpers):
     client1, client2 = workers
     update = (torch.randn(1000) * 0.05).send(client1)  # the size of real weights
-    encoded = (peek(update) * 10 ** aggregation.PRECISION_FRACTIONAL).long()
+    encoded = (peek(update) * 10 ** PRECISION_FRACTIONAL).long()
     shared = helpers["secure"].share(update, [client1, client2])
     shares = {worker_id: pointer.location.get_obj(pointer.id_at_location).clone()  # read, no message sent
               for worker_id, pointer in shared.child.child.child.items()}
@@ -154,7 +158,7 @@ def test_trusted_server_receives_only_the_average(sy, hook, mnist_dir, workers, 
     updates, plain = updates_after_local_training(sy, mnist_dir, workers)
     expected = aggregation.weighted_average(plain)
     side = ServerSide(monkeypatch, hook.local_worker)
-    helpers["trusted"].average(updates)
+    helpers["trusted"].average(updates, start=None)
     received = side.tensors()
     assert len(received) == len(expected)
     for tensor, name in zip(received, expected):
@@ -177,10 +181,9 @@ def test_combinations_that_cannot_work_get_the_usage_error(capsys, flags, messag
     assert_usage_error(capsys, flags, message)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["trusted", "secure"])
 def test_the_script_runs_each_aggregation(mnist_dir, tmp_path, kind):
-    import json
-
     metrics = str(tmp_path / "m.json")
     result = run_script("--strategy", "fedavg", "--aggregation", kind, "--epochs", "1", "--data-dir", mnist_dir,
                         "--lr", "0.05", "--metrics-out", metrics)
@@ -190,6 +193,7 @@ def test_the_script_runs_each_aggregation(mnist_dir, tmp_path, kind):
     assert round_["aggregation_seconds"] > 0 and round_["test_accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_secure_aggregation_of_a_round_that_only_one_client_trained_stops_with_one_message(mnist_dir):
     # --max-batches 1 ends FedAvg's round after client1's first batch: a secure sum of one update is that update.
     result = run_script("--strategy", "fedavg", "--aggregation", "secure", "--max-batches", "1",

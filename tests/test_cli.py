@@ -1,8 +1,7 @@
 """Bad command lines end with argparse's usage error (exit status 2) and no traceback."""
 import pytest
 
-from conftest import assert_clean_exit, run_script
-from federated_learning import parse_args
+from helpers import assert_clean_exit, parse, run_script
 
 
 @pytest.mark.parametrize("argv, complaint", [
@@ -24,7 +23,7 @@ from federated_learning import parse_args
 ])
 def test_bad_values_are_usage_errors(argv, complaint, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse_args(argv)
+        parse(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: ")
@@ -32,10 +31,10 @@ def test_bad_values_are_usage_errors(argv, complaint, capsys):
 
 
 def test_defaults_follow_the_pytorch_mnist_example():
-    args = parse_args([])
+    args = parse([])
     assert (args.batch_size, args.test_batch_size, args.seed, args.log_interval) == (64, 1000, 1, 10)
     assert (args.epochs, args.lr, args.data_dir, args.device, args.save_model) == (1, 0.01, "./data", "auto", None)
-    assert parse_args(["--no-cuda"]).device == "cpu"
+    assert parse(["--no-cuda"]).device == "cpu"
 
 
 def test_bad_value_from_the_shell_exits_2_without_traceback():
@@ -45,6 +44,7 @@ def test_bad_value_from_the_shell_exits_2_without_traceback():
     assert_clean_exit(result)
 
 
+@pytest.mark.slow
 def test_the_largest_seed_splits_the_data(mnist_dir):
     result = run_script("--data-dir", mnist_dir, "--partition", "noniid", "--seed", "4294967295", "--max-batches", "1")
     assert result.returncode == 0, result.stderr

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import federated_learning as fl
-from conftest import assert_clean_exit, run_script
+from helpers import assert_clean_exit, parse, run_script
 
 COUNTS = {"parsed": 0, "scripts": 0, "exit 0": 0, "exit 1": 0, "exit 2": 0}
 
@@ -77,7 +76,7 @@ def test_argument_checks_end_in_args_or_one_usage_error(base):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
-                fl.parse_args(argv)
+                parse(argv)
                 code = 0
             except SystemExit as exit_:
                 code = exit_.code
@@ -92,6 +91,7 @@ def test_argument_checks_end_in_args_or_one_usage_error(base):
     assert COUNTS["parsed"] >= 300
 
 
+@pytest.mark.slow
 def test_the_script_ends_in_a_result_or_one_message(mnist_dir, base):
     @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
     @given(command_lines(base))

@@ -1,4 +1,4 @@
-"""Training on the client (--train-on client) and train-only data owners (fl_tutorial/client_training.py).
+"""Training on the client (--train-on client) and train-only data owners (fl_tutorial/pysyft/client_training.py).
 
 Same weights as the course's pointer-by-pointer loop; a train-only worker refuses,
 with real syft messages over 127.0.0.1, everything but its rule, training
@@ -11,22 +11,27 @@ import re
 import pytest
 import torch
 
-from conftest import assert_clean_exit, assert_usage_error, run_script
-from fl_tutorial import client_training, processes, security, websocket_clients, wire
-from fl_tutorial.model import SimpleCNN
-from test_websocket import no_leftovers, printed_results, saved  # noqa: F401  (no_leftovers: an autouse fixture)
-
-FAST = ["--lr", "0.05", "--log-interval", "1000"]
+import federated_learning as fl
+from fl_tutorial.core.model import SimpleCNN
+from fl_tutorial.experiment import owners
+from fl_tutorial.pysyft import client_training, wire
+from fl_tutorial.pysyft.owners import ClientError
+from fl_tutorial.pysyft.visits import visits
+from fl_tutorial.remote import security, websocket_clients
+from fl_tutorial.remote.local_clients import LocalClients
+from helpers import FAST, assert_clean_exit, assert_usage_error, parse, printed_results, run_script, saved
 
 
 @pytest.mark.parametrize("flags", [
-    [],
-    ["--partition", "noniid", "--max-batches", "7"],
-    ["--strategy", "fedavg"],
-    ["--strategy", "fedavg", "--num-clients", "3", "--partition", "noniid", "--local-epochs", "2", "--in-turn"],
-    ["--strategy", "fedavg", "--num-clients", "3", "--clients-per-round", "2", "--prox-mu", "0.5"],
-], ids=["sequential-iid", "sequential-noniid-max-batches", "fedavg-iid", "fedavg-noniid-3-in-turn",
-        "fedavg-sampled-fedprox"])
+    pytest.param([], id="sequential-iid"),
+    pytest.param(["--partition", "noniid", "--max-batches", "7"], id="sequential-noniid-max-batches",
+                 marks=pytest.mark.slow),
+    pytest.param(["--strategy", "fedavg"], id="fedavg-iid"),
+    pytest.param(["--strategy", "fedavg", "--num-clients", "3", "--partition", "noniid", "--local-epochs", "2",
+                  "--in-turn"], id="fedavg-noniid-3-in-turn", marks=pytest.mark.slow),
+    pytest.param(["--strategy", "fedavg", "--num-clients", "3", "--clients-per-round", "2", "--prox-mu", "0.5"],
+                 id="fedavg-sampled-fedprox", marks=pytest.mark.slow),
+])
 def test_training_on_the_client_ends_with_the_weights_of_training_from_the_coordinator(mnist_dir, tmp_path, flags):
     # dropout 0: no random numbers drawn on the clients, so both compute the same thing, batch for batch.
     runs = {}
@@ -44,6 +49,7 @@ def test_training_on_the_client_ends_with_the_weights_of_training_from_the_coord
     assert table == runs["coordinator"].stdout.split("\n\n")[0] and "client2" in table
 
 
+@pytest.mark.slow
 def test_websocket_fedavg_trains_on_the_clients_by_default_and_they_are_train_only(mnist_dir):
     result = run_script("--workers", "websocket", "--strategy", "fedavg", "--data-dir", mnist_dir, "--epochs", "1",
                         "--log-interval", "1", *FAST[:2])
@@ -71,11 +77,8 @@ def test_batches_too_small_for_the_train_only_clients_it_starts_stop_before_they
 # --- what a data owner trains on ---------------------------------------------------------------------------
 
 def test_plans_are_the_batches_of_the_course_loop(sy, hook, workers, mnist_dir):
-    import federated_learning as fl
-    from fl_tutorial.batches import visits
-
-    args = fl.parse_args(["--data-dir", mnist_dir, "--partition", "noniid", "--seed", "5"])
-    federated, described = fl.federated_mnist(args, tuple(workers))
+    args = parse(["--data-dir", mnist_dir, "--partition", "noniid", "--seed", "5"])
+    federated, described = owners.shares(args, tuple(workers), fl.federated_mnist)
     shares = sy.FederatedDataset([client_training.Share(workers[i], len(federated.datasets[w.id]))
                                   for i, w in enumerate(workers)])
     targets = {w.id: federated.datasets[w.id].targets.copy().get() for w in workers}
@@ -163,7 +166,7 @@ def owner(tmp_path, mnist_dir):
     """A real `python -m fl_tutorial.worker --train-only` process, with a name new to this test process."""
     token_file = str(tmp_path / "token")
     security.write_new_token(token_file)
-    clients = processes.LocalClients(["trainonly{}".format(next(NAMES))], mnist_dir, token_file, ["--train-only"])
+    clients = LocalClients(["trainonly{}".format(next(NAMES))], mnist_dir, token_file, ["--train-only"])
     with clients as (addresses, token):
         yield addresses[0], token, clients
 
@@ -190,7 +193,8 @@ def refusals(owner):
 
 def train_request(samples=320, batch_size=64):
     order = torch.randperm(samples).tolist()
-    return dict(weights=SimpleCNN().state_dict(), passes=[[order[i:i + batch_size] for i in range(0, samples, batch_size)]],
+    return dict(weights=SimpleCNN().state_dict(),
+                passes=[[order[i:i + batch_size] for i in range(0, samples, batch_size)]],
                 settings={"lr": 0.05, "dropout": 0.5, "batch_size": batch_size})
 
 
@@ -202,6 +206,7 @@ def still_serving(hook, owner):
         client.close()
 
 
+@pytest.mark.slow
 def test_a_train_only_owner_sends_back_only_the_weights_and_the_counts(hook, owner):
     client = loaded(hook, owner)
     request = train_request()
@@ -214,9 +219,16 @@ def test_a_train_only_owner_sends_back_only_the_weights_and_the_counts(hook, own
 
 def syft_messages(sy, client):
     """A real message of every kind that reads or changes what a worker holds, or runs code there."""
-    from syft.messaging.message import (ForceObjectDeleteMessage, GetShapeMessage, IsNoneMessage, ObjectMessage,
-                                        ObjectRequestMessage, PlanCommandMessage, SearchMessage,
-                                        TensorCommandMessage)
+    from syft.messaging.message import (
+        ForceObjectDeleteMessage,
+        GetShapeMessage,
+        IsNoneMessage,
+        ObjectMessage,
+        ObjectRequestMessage,
+        PlanCommandMessage,
+        SearchMessage,
+        TensorCommandMessage,
+    )
 
     some_id = sy.ID_PROVIDER.pop()  # syft ids are random 64-bit numbers; which one does not matter here
     return {
@@ -232,17 +244,19 @@ def syft_messages(sy, client):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["SearchMessage", "ObjectRequestMessage", "GetShapeMessage", "IsNoneMessage",
                                   "ForceObjectDeleteMessage", "ObjectMessage", "TensorCommandMessage",
                                   "PlanCommandMessage"])
 def test_a_train_only_owner_refuses_every_other_message_and_keeps_serving(sy, hook, owner, kind):
     client = loaded(hook, owner)
-    with pytest.raises(websocket_clients.ClientError, match="closed the connection"):
+    with pytest.raises(ClientError, match="closed the connection"):
         hook.local_worker.send_msg(syft_messages(sy, client)[kind], client)
     client.close()
     (line,) = refusals(owner)
     says = ("a kind of message a train-only data owner does not take: " + kind if kind != "PlanCommandMessage" else
-            "a message part of a kind this side does not accept: syft.messaging.message.PlanCommandMessage")  # any worker
+            # any worker refuses a Plan:
+            "a message part of a kind this side does not accept: syft.messaging.message.PlanCommandMessage")
     assert re.search(r"\[trainonly\d+\] refused a message from 127\.0\.0\.1:\d+ \({}\); closing the connection$".format(
         re.escape(says)), line), line
     still_serving(hook, owner)
@@ -253,16 +267,18 @@ def test_what_a_train_only_owner_takes_is_a_part_of_what_any_worker_takes():
     assert wire.AGGREGATOR_COMMANDS < wire.TRAIN_ONLY_COMMANDS  # an aggregator: shares and sums only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["search", "get_obj", "respond_to_obj_req", "load_data", "set_obj", "_objects"])
 def test_a_train_only_owner_runs_no_other_worker_command(hook, owner, command):
     client = loaded(hook, owner)
-    with pytest.raises(websocket_clients.ClientError, match="closed the connection"):
+    with pytest.raises(ClientError, match="closed the connection"):
         client._send_msg_and_deserialize(command, query=["#data"])
     client.close()
     assert "a worker command a train-only data owner does not run: {}".format(command) in refusals(owner)[-1]
     still_serving(hook, owner)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("request_change, says", [
     (dict(batch_size=1), "a train-only data owner trains on batches of at least 16 samples, not 1"),
     (dict(single=True), "a batch of 1 samples is neither full (64) nor the last of a whole pass"),
@@ -273,12 +289,13 @@ def test_a_train_only_owner_trains_on_no_batch_that_singles_out_samples(hook, ow
     request = train_request(batch_size=request_change.get("batch_size", 64))
     if request_change.get("single"):
         request["passes"] = [[[7]]]
-    with pytest.raises(websocket_clients.ClientError, match=re.escape("did not train: " + says)):
+    with pytest.raises(ClientError, match=re.escape("did not train: " + says)):
         client.fit(request_change.get("key", client_training.DATASET_KEY), **request)
     client.close()
     still_serving(hook, owner)
 
 
+@pytest.mark.slow
 def test_a_train_only_owner_keeps_no_share_small_enough_to_show_its_labels(hook, owner):
     client = connect(hook, owner)
     try:
@@ -288,10 +305,11 @@ def test_a_train_only_owner_keeps_no_share_small_enough_to_show_its_labels(hook,
     assert reply["error"] == "a train-only data owner keeps no share of fewer than 16 samples; this rule gives it 10"
 
 
+@pytest.mark.slow
 def test_training_from_the_coordinator_against_a_train_only_owner_stops_with_one_line(tmp_path, mnist_dir):
     token_file = str(tmp_path / "token")
     security.write_new_token(token_file)
-    with processes.LocalClients(["client1", "client2"], mnist_dir, token_file, ["--train-only"]) as (addresses, _):
+    with LocalClients(["client1", "client2"], mnist_dir, token_file, ["--train-only"]) as (addresses, _):
         connect_flag = ",".join("{}={}:{}".format(*address) for address in addresses)
         result = run_script("--workers", "websocket", "--connect", connect_flag, "--token-file", token_file,
                             "--train-on", "coordinator", "--data-dir", mnist_dir, "--epochs", "1", *FAST)
@@ -304,10 +322,9 @@ def test_training_from_the_coordinator_against_a_train_only_owner_stops_with_one
 
 
 
+@pytest.mark.slow
 def test_in_a_whole_run_nothing_but_weights_and_counts_leaves_a_train_only_owner(sy, hook, mnist_dir, monkeypatch):
     # Every reply the coordinator receives in a whole FedAvg run (2 rounds, IID) is read and classified.
-    import federated_learning as fl
-
     client_class = websocket_clients.make_client_class()
     replies = []
     forward = client_class._forward_to_websocket_server_worker
@@ -337,11 +354,12 @@ def test_in_a_whole_run_nothing_but_weights_and_counts_leaves_a_train_only_owner
     assert len(shares) == 2 and trained == 4
 
 
+@pytest.mark.slow
 def test_an_owner_that_is_not_train_only_trains_on_request_and_tells_its_losses(tmp_path, mnist_dir):
     token_file = str(tmp_path / "token")
     security.write_new_token(token_file)
     metrics = str(tmp_path / "metrics.json")
-    with processes.LocalClients(["client1", "client2"], mnist_dir, token_file) as (addresses, _):
+    with LocalClients(["client1", "client2"], mnist_dir, token_file) as (addresses, _):
         connect_flag = ",".join("{}={}:{}".format(*address) for address in addresses)
         result = run_script("--workers", "websocket", "--connect", connect_flag, "--token-file", token_file,
                             "--strategy", "fedavg", "--train-on", "client", "--data-dir", mnist_dir, "--epochs", "1",

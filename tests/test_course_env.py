@@ -16,8 +16,11 @@ import pytest
 import torchvision.datasets.mnist as tv_mnist
 from torchvision import datasets
 
-from conftest import NAMES, ROOT, Mirror, corrupt, write_mnist
-from fl_tutorial import mnist, startup
+from fl_tutorial.core import mnist
+from fl_tutorial.pysyft import startup
+from helpers import NAMES, ROOT, Mirror, corrupt, write_mnist
+
+pytestmark = pytest.mark.slow  # make test-all: fresh interpreters of the environment
 
 
 def fresh_python(code, cwd, env=None, timeout=300):

@@ -1,10 +1,11 @@
 """The script as a student runs it, on small generated data."""
 import re
 
+import pytest
 import torch
 
-from conftest import assert_clean_exit, run_script
-from federated_learning import SimpleCNN
+from fl_tutorial.core.model import SimpleCNN
+from helpers import assert_clean_exit, run_script
 
 
 def test_two_epochs_learn_and_exit_cleanly(mnist_dir, tmp_path):
@@ -14,7 +15,8 @@ def test_two_epochs_learn_and_exit_cleanly(mnist_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert_clean_exit(result)
 
-    train_lines = re.findall(r"Train Epoch: (\d) \[(\d+)/640 \(\d+%\)\]\tWorker: (client\d)\tLoss: ([\d.]+)", result.stdout)
+    train_lines = re.findall(r"Train Epoch: (\d) \[(\d+)/640 \(\d+%\)\]\tWorker: (client\d)\tLoss: ([\d.]+)",
+                             result.stdout)
     assert {(epoch, worker) for epoch, _, worker, _ in train_lines} == {
         ("1", "client1"), ("1", "client2"), ("2", "client1"), ("2", "client2")}
     tests = re.findall(r"Test set: Average loss: ([\d.]+), Accuracy: (\d+)/200 \((\d+)%\)", result.stdout)
@@ -43,6 +45,7 @@ def test_default_loop_gives_the_same_weights_as_the_course_loop(mnist_dir, tmp_p
         assert torch.allclose(fast[name], course[name], rtol=1e-5, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_max_batches_stops_each_epoch_early(mnist_dir):
     result = run_script("--epochs", "2", "--max-batches", "3", "--log-interval", "1", "--data-dir", mnist_dir)
     assert result.returncode == 0, result.stderr

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from conftest import assert_clean_exit, run_script
-from fl_tutorial import env
+from fl_tutorial.pysyft import env
+from helpers import SCRIPT, assert_clean_exit, run_script
 
 RIGHT = {"torch": "1.4.0", "torchvision": "0.5.0", "syft": "0.2.6"}
 
@@ -50,7 +50,7 @@ def test_syft_010_on_the_path_is_refused_before_import(tmp_path):
 
 
 def test_no_packages_at_all():
-    result = subprocess.run([sys.executable, "-S", os.path.join(os.path.dirname(env.__file__), "..", "federated_learning.py")],
+    result = subprocess.run([sys.executable, "-S", SCRIPT],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert result.returncode == 1
     for dist in ("torch", "torchvision", "syft"):

@@ -2,7 +2,7 @@
 import os
 import re
 
-from conftest import ROOT
+from helpers import ROOT
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)$")
 

@@ -11,9 +11,22 @@ import pytest
 import torch
 
 import federated_learning as fl
-from conftest import (SCRIPT, args_for, assert_clean_exit, assert_usage_error, peek, replay_in_plain_pytorch, run_script,
-                      synthetic_digits, train_epochs)
-from fl_tutorial import aggregation, mnist, partition, report
+from fl_tutorial.core import mnist, partition, report
+from fl_tutorial.core.model import SimpleCNN
+from fl_tutorial.experiment import owners
+from fl_tutorial.privacy import aggregation
+from helpers import (
+    SCRIPT,
+    Recorder,
+    args_for,
+    assert_clean_exit,
+    assert_usage_error,
+    peek,
+    replay_in_plain_pytorch,
+    run_script,
+    synthetic_digits,
+    train_epochs,
+)
 
 LABELS = synthetic_digits(640, 0)[1].astype(np.int64)
 
@@ -68,9 +81,9 @@ def test_describe_counts_labels_per_client():
 def test_remote_data_matches_the_described_partition(sy, mnist_dir, workers, flags):
     mnist.ensure(mnist_dir)
     args = args_for(mnist_dir, *flags)
-    federated, clients = fl.federated_mnist(args, tuple(workers))
+    federated, clients = owners.shares(args, tuple(workers), fl.federated_mnist)
     images, labels = mnist.normalized(mnist_dir)
-    shares = partition.split(labels.numpy(), partition.rule(args))
+    shares = partition.split(labels.numpy(), args.rule)
     assert clients == partition.describe(labels.numpy(), shares, [w.id for w in workers])
     for worker, share in zip(workers, shares):
         dataset = federated[worker.id]
@@ -84,30 +97,34 @@ def test_federated_average_weights_by_samples():
     assert torch.equal(aggregation.weighted_average([(7, a)])["w"], a["w"])
 
 
-def test_fedavg_with_one_client_and_one_local_epoch_equals_plain_training(sy, mnist_dir, session_workers, recorder):
+def test_fedavg_with_one_client_and_one_local_epoch_equals_plain_training(sy, mnist_dir, session_workers):
     mnist.ensure(mnist_dir)
     torch.manual_seed(0)
-    model = recorder["model"] = fl.SimpleCNN()
+    model = SimpleCNN()
+    recorder = Recorder(model)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     args = args_for(mnist_dir, "--strategy", "fedavg", "--num-clients", "1", "--local-epochs", "1")
-    train_epochs(sy, args, model, session_workers[:1], epochs=2)
+    train_epochs(sy, args, model, session_workers[:1], epochs=2, recorder=recorder)
 
-    assert recorder["visits"] == ["client1", "client1"] and len(recorder["batches"]) == 20
-    for name, value in replay_in_plain_pytorch(start, recorder["batches"]).items():
+    assert recorder.visits == ["client1", "client1"] and len(recorder.batches) == 20
+    for name, value in replay_in_plain_pytorch(start, recorder.batches).items():
         assert not torch.equal(value, start[name]), name + " did not train"
         assert torch.allclose(model.state_dict()[name], value, rtol=1e-5, atol=1e-6), name
     for worker in session_workers:
         worker.clear_objects()
 
 
-def test_fedavg_local_epochs_repeat_each_clients_data(sy, mnist_dir, workers, recorder):
+def test_fedavg_local_epochs_repeat_each_clients_data(sy, mnist_dir, workers):
     mnist.ensure(mnist_dir)
-    model = recorder["model"] = fl.SimpleCNN()
-    train_epochs(sy, args_for(mnist_dir, "--strategy", "fedavg", "--local-epochs", "2"), model, workers, epochs=1)
-    assert recorder["visits"] == ["client1", "client2"]
-    assert [b[0] for b in recorder["batches"]] == ["client1"] * 10 + ["client2"] * 10
+    model = SimpleCNN()
+    recorder = Recorder(model)
+    train_epochs(sy, args_for(mnist_dir, "--strategy", "fedavg", "--local-epochs", "2"), model, workers, epochs=1,
+                 recorder=recorder)
+    assert recorder.visits == ["client1", "client2"]
+    assert [b[0] for b in recorder.batches] == ["client1"] * 10 + ["client2"] * 10
 
 
+@pytest.mark.slow
 def test_run_with_five_noniid_clients_fedavg_metrics_and_plot(mnist_dir, tmp_path):
     metrics_path, plot_path = str(tmp_path / "m.json"), str(tmp_path / "curves.png")
     result = run_script("--epochs", "2", "--lr", "0.05", "--data-dir", mnist_dir, "--num-clients", "5",
@@ -121,11 +138,11 @@ def test_run_with_five_noniid_clients_fedavg_metrics_and_plot(mnist_dir, tmp_pat
 
     metrics = json.load(open(metrics_path))
     assert metrics["config"]["num_clients"] == 5 and metrics["config"]["strategy"] == "fedavg"
-    assert [c["client"] for c in metrics["partition"]] == ["client{}".format(i) for i in range(1, 6)]
+    assert [c["client"] for c in metrics["partition"]] == partition.client_names(5)
     assert sum(c["samples"] for c in metrics["partition"]) == 640
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     for epoch in metrics["epochs"]:
-        assert sorted(epoch["train_loss"]) == ["client{}".format(i) for i in range(1, 6)]
+        assert sorted(epoch["train_loss"]) == partition.client_names(5)
         assert len(epoch["test_accuracy_per_class"]) == 10 and epoch["seconds"] > 0
         assert 0 <= epoch["test_accuracy"] <= 1 and epoch["test_loss"] > 0
     printed = [float(x) for x in __import__("re").findall(r"Average loss: ([\d.]+)", result.stdout)]
@@ -165,6 +182,7 @@ def test_plot_shows_each_clients_training_loss():
     assert lines["client2"] == pytest.approx([2.0 / 2, 2.0 / 3, 2.0 / 4])
 
 
+@pytest.mark.slow
 def test_metrics_file_stays_valid_when_the_run_is_killed(mnist_dir, tmp_path):
     metrics_path = str(tmp_path / "m.json")
     process = subprocess.Popen([sys.executable, SCRIPT, "--epochs", "50", "--data-dir", mnist_dir,
@@ -182,6 +200,7 @@ def test_metrics_file_stays_valid_when_the_run_is_killed(mnist_dir, tmp_path):
     assert not [f for f in os.listdir(str(tmp_path)) if f != "m.json"]
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_progress_bar_instead_of_log_lines(mnist_dir):
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, SCRIPT, "--data-dir", mnist_dir, "--max-batches", "4"],
@@ -219,6 +238,7 @@ def test_bad_experiment_flags_are_usage_errors(argv, complaint, capsys):
     assert_usage_error(capsys, argv, complaint)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, complaint", [
     (["--num-clients", "641"], "--num-clients 641: more clients than the 640 training samples"),
     (["--num-clients", "641", "--partition", "noniid", "--dirichlet-alpha", "1"], "more clients than the 640"),

@@ -15,18 +15,19 @@ import torch
 import torch.nn.functional as F
 
 import federated_learning as fl
-from conftest import args_for, assert_clean_exit, assert_usage_error, run_script
-from fl_tutorial import aggregation, client_training, mnist, partition, report, sampling, virtual_owners
-from fl_tutorial.model import SimpleCNN
-from test_websocket import saved
-
-FAST = ["--lr", "0.05", "--log-interval", "1000"]
-
+from fl_tutorial.core import mnist, partition, report, sampling
+from fl_tutorial.core.model import SimpleCNN
+from fl_tutorial.experiment import owners, preflight
+from fl_tutorial.experiment.fedavg import FedAvg
+from fl_tutorial.privacy.aggregation import ServerAverage
+from fl_tutorial.pysyft import client_training, virtual_owners
+from fl_tutorial.pysyft.owners import link_to_server
+from helpers import CPU, FAST, args_for, assert_clean_exit, assert_usage_error, run_script, saved
 
 # --- client sampling ---------------------------------------------------------------------------------------
 
 def test_sampling_is_reproducible_distinct_ordered_and_leaves_torch_alone():
-    names = ["client{}".format(i) for i in range(1, 11)]
+    names = partition.client_names(10)
     torch.manual_seed(0)
     before = torch.get_rng_state()
     draws = [sampling.ClientSampler(names, 3, seed=7) for _ in range(2)]
@@ -57,6 +58,7 @@ def test_sampling_is_uniform():
     assert np.all(np.abs(off_diagonal - 4000 * 3 / 10 * 2 / 9) < 75), off_diagonal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [
     ["--aggregation", "secure"],
     ["--train-on", "client", "--prox-mu", "0.5", "--partition", "noniid"],
@@ -68,7 +70,7 @@ def test_a_sampled_run_records_its_clients_and_only_they_train(mnist_dir, tmp_pa
     assert result.returncode == 0, result.stderr
     assert_clean_exit(result)
     rounds = json.load(open(metrics))["epochs"]
-    expected = sampling.ClientSampler(["client{}".format(i) for i in range(1, 5)], 2, seed=3)
+    expected = sampling.ClientSampler(partition.client_names(4), 2, seed=3)
     for record in rounds:
         assert record["clients"] == expected.next_round()
         assert sorted(record["train_loss"]) == record["clients"]
@@ -78,10 +80,11 @@ def test_a_sampled_run_records_its_clients_and_only_they_train(mnist_dir, tmp_pa
 # --- training on virtual data owners, with sampling and FedProx ---------------------------------------------
 
 @pytest.mark.parametrize("flags", [
-    ["--num-clients", "4", "--clients-per-round", "2", "--partition", "noniid", "--prox-mu", "0.5",
-     "--local-epochs", "2"],
-    ["--num-clients", "3", "--batch-size", "full", "--local-epochs", "3"],
-], ids=["sampled-fedprox-noniid", "full-batch"])
+    pytest.param(["--num-clients", "4", "--clients-per-round", "2", "--partition", "noniid", "--prox-mu", "0.5",
+                  "--local-epochs", "2"], id="sampled-fedprox-noniid"),
+    pytest.param(["--num-clients", "3", "--batch-size", "full", "--local-epochs", "3"], id="full-batch",
+                 marks=pytest.mark.slow),
+])
 def test_virtual_data_owners_end_with_the_weights_of_the_course_loop(mnist_dir, tmp_path, flags):
     # dropout 0: the loop through pointers and the owners' own loop draw no random numbers of their own.
     for where in ("coordinator", "client"):
@@ -95,16 +98,14 @@ def test_virtual_data_owners_end_with_the_weights_of_the_course_loop(mnist_dir, 
 
 
 @pytest.fixture
-def owners(sy, hook):
+def data_owners(sy, hook):
     """Three virtual data owners with names of their own (syft keys workers by id); forgotten afterwards."""
     made = []
 
     def make(train_on_client):
         cls = virtual_owners.make_owner_class(sy) if train_on_client else sy.VirtualWorker
-        workers = [cls(hook, id="paper{}-{}".format(len(made), i), auto_add=False) for i in range(1, 4)]
-        for worker in workers:
-            hook.local_worker.add_worker(worker)
-            worker.add_worker(hook.local_worker)
+        workers = link_to_server(hook, [cls(hook, id="paper{}-{}".format(len(made), i), auto_add=False)
+                                        for i in range(1, 4)])
         made.extend(workers)
         return workers
 
@@ -115,21 +116,21 @@ def owners(sy, hook):
 
 
 @pytest.mark.parametrize("train_on", ["coordinator", "client"])
-def test_fedsgd_is_one_step_of_large_batch_sgd_on_the_sampled_clients(sy, mnist_dir, owners, train_on):
+def test_fedsgd_is_one_step_of_large_batch_sgd_on_the_sampled_clients(sy, mnist_dir, data_owners, train_on):
     args = args_for(mnist_dir, "--strategy", "fedavg", "--batch-size", "full", "--num-clients", "3",
                     "--clients-per-round", "2", "--dropout", "0", "--train-on", train_on, "--seed", "4")
-    workers = owners(train_on == "client")
-    federated, clients = fl.federated_mnist(args, workers)
-    fl.check_full_batch_fits(args, clients)
-    loader = sy.FederatedDataLoader(federated, batch_size=args.batch_size, shuffle=True)
+    workers = data_owners(train_on == "client")
+    federated, clients = owners.shares(args, workers, fl.federated_mnist)
+    batch_size = preflight.train_batch(args, max(c["samples"] for c in clients))
+    loader = sy.FederatedDataLoader(federated, batch_size=batch_size, shuffle=True)
     model = SimpleCNN(dropout=0.0)
     start = copy.deepcopy(model.state_dict())
     chosen = sampling.ClientSampler([w.id for w in workers], 2, seed=4).next_round()
     progress = report.Progress("Round", 1, 1, 1000, stream=io.StringIO())
-    fl.train_fedavg(args, model, torch.device("cpu"), loader, progress, aggregation.ServerAverage(), chosen)
+    FedAvg(args, ServerAverage(), fl.train_steps, CPU, batch_size).round(model, loader, progress, chosen)
 
     images, labels = mnist.normalized(mnist_dir)
-    shares = partition.split(labels.numpy(), partition.rule(args))
+    shares = partition.split(labels.numpy(), args.rule)
     union = torch.from_numpy(np.concatenate([shares[[w.id for w in workers].index(c)] for c in chosen]))
     plain = SimpleCNN(dropout=0.0)
     plain.load_state_dict(start)
@@ -180,6 +181,7 @@ def test_fedprox_is_the_proximal_term_in_the_loss_and_mu_0_is_fedavg_to_the_bit(
         assert (prox[name] - start[name]).norm() < (fedavg[name] - start[name]).norm(), name
 
 
+@pytest.mark.slow
 def test_fedprox_with_mu_0_gives_fedavgs_weights_in_the_script(mnist_dir, tmp_path):
     for name, flags in (("fedavg", []), ("fedprox0", ["--prox-mu", "0"]), ("fedprox", ["--prox-mu", "0.5"])):
         result = run_script("--strategy", "fedavg", "--epochs", "1", "--data-dir", mnist_dir, "--max-batches", "6",
@@ -192,6 +194,7 @@ def test_fedprox_with_mu_0_gives_fedavgs_weights_in_the_script(mnist_dir, tmp_pa
 
 # --- rounds to a target -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_run_stops_at_the_first_round_that_reaches_the_target(mnist_dir, tmp_path):
     metrics, plot = str(tmp_path / "m.json"), str(tmp_path / "m.png")
     result = run_script("--strategy", "fedavg", "--epochs", "6", "--target-accuracy", "0.2", "--data-dir",
@@ -206,6 +209,7 @@ def test_a_run_stops_at_the_first_round_that_reaches_the_target(mnist_dir, tmp_p
     assert open(plot, "rb").read(4) == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_a_run_that_misses_the_target_says_what_it_reached_and_tests_every_k_rounds(mnist_dir, tmp_path):
     metrics = str(tmp_path / "m.json")
     result = run_script("--strategy", "fedavg", "--epochs", "3", "--test-every", "2", "--target-accuracy", "1",

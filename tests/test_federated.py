@@ -4,8 +4,9 @@ import torch
 from torchvision import datasets
 
 import federated_learning as fl
-from conftest import args_for, replay_in_plain_pytorch, train_epochs
-from fl_tutorial import mnist
+from fl_tutorial.core import mnist
+from fl_tutorial.core.model import SimpleCNN
+from helpers import CPU, Recorder, args_for, replay_in_plain_pytorch, train_epochs
 
 
 def test_batches_live_on_both_clients_every_epoch(sy, mnist_dir, workers):
@@ -27,13 +28,14 @@ def test_batches_live_on_both_clients_every_epoch(sy, mnist_dir, workers):
 
 
 @pytest.mark.parametrize("sync, visits_per_epoch", [("every-batch", 10), ("per-visit", 2)])
-def test_model_travels_and_comes_back(sy, mnist_dir, workers, recorder, sync, visits_per_epoch):
+def test_model_travels_and_comes_back(sy, mnist_dir, workers, sync, visits_per_epoch):
     mnist.ensure(mnist_dir)
-    model = recorder["model"] = fl.SimpleCNN()
-    loader = train_epochs(sy, args_for(mnist_dir, "--sync", sync), model, workers, epochs=2)
+    model = SimpleCNN()
+    recorder = Recorder(model)  # checks that the model is on the server before every visit and after train()
+    loader = train_epochs(sy, args_for(mnist_dir, "--sync", sync), model, workers, epochs=2, recorder=recorder)
     assert model.location is None and all(not hasattr(p, "child") for p in model.parameters())
-    assert len(recorder["visits"]) == 2 * visits_per_epoch
-    assert [b[0] for b in recorder["batches"]] == (["client1"] * 5 + ["client2"] * 5) * 2
+    assert len(recorder.visits) == 2 * visits_per_epoch
+    assert [b[0] for b in recorder.batches] == (["client1"] * 5 + ["client2"] * 5) * 2
     # Nothing of the model or of the batches is left behind on the clients: only their data.
     for worker in workers:
         dataset = loader.federated_dataset[worker.id]
@@ -41,16 +43,17 @@ def test_model_travels_and_comes_back(sy, mnist_dir, workers, recorder, sync, vi
 
 
 @pytest.mark.parametrize("sync", ["every-batch", "per-visit"])
-def test_federated_training_equals_plain_pytorch(sy, mnist_dir, workers, recorder, sync):
+def test_federated_training_equals_plain_pytorch(sy, mnist_dir, workers, sync):
     mnist.ensure(mnist_dir)
     torch.manual_seed(0)
-    model = recorder["model"] = fl.SimpleCNN()
+    model = SimpleCNN()
+    recorder = Recorder(model)
     start = {k: v.clone() for k, v in model.state_dict().items()}
 
-    train_epochs(sy, args_for(mnist_dir, "--sync", sync), model, workers, epochs=2)
+    train_epochs(sy, args_for(mnist_dir, "--sync", sync), model, workers, epochs=2, recorder=recorder)
 
-    assert len(recorder["batches"]) == 20
-    federated, reference = model.state_dict(), replay_in_plain_pytorch(start, recorder["batches"])
+    assert len(recorder.batches) == 20
+    federated, reference = model.state_dict(), replay_in_plain_pytorch(start, recorder.batches)
     for name in reference:
         assert not torch.equal(federated[name], start[name]), name + " did not train"
         assert torch.allclose(federated[name], reference[name], rtol=1e-5, atol=1e-6), name
@@ -61,8 +64,8 @@ def test_test_reports_loss_accuracy_and_per_class_accuracy(mnist_dir, capsys):
     test_set = datasets.MNIST(mnist_dir, train=False, transform=mnist.TRANSFORM)
     loader = torch.utils.data.DataLoader(test_set, batch_size=64)
     torch.manual_seed(3)
-    model = fl.SimpleCNN()
-    loss, accuracy, per_class = fl.test(model, torch.device("cpu"), loader)
+    model = SimpleCNN()
+    loss, accuracy, per_class = fl.test(model, CPU, loader)
     out = capsys.readouterr().out
     assert "Test set: Average loss: {:.4f}, Accuracy: {}/200".format(loss, round(accuracy * 200)) in out
     assert loss == pytest.approx(2.3, abs=0.3)  # an untrained 10-class model

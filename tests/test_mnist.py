@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision import datasets
 
-from conftest import NAMES, assert_clean_exit, corrupt, run_script
-from fl_tutorial import mnist
+from fl_tutorial.core import mnist
+from helpers import NAMES, assert_clean_exit, corrupt, run_script
 
 
 def copy_raw(data_dir, tmp_path):
@@ -122,6 +122,7 @@ def test_damaged_local_file_gives_a_clear_error(mnist_dir, tmp_path, damage):
     assert not (root / "MNIST" / "processed" / "training.pt").exists()
 
 
+@pytest.mark.slow
 def test_script_without_data_and_without_network_explains_what_to_do(mirror, tmp_path):
     result = run_script("--data-dir", str(tmp_path), env={"MNIST_MIRRORS": mirror.url("empty")})
     assert result.returncode == 1

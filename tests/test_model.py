@@ -1,6 +1,6 @@
 import torch
 
-from federated_learning import SimpleCNN
+from fl_tutorial.core.model import SimpleCNN
 
 
 def test_parameter_count_matches_the_course_model():

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 NOTEBOOK = os.path.join(ROOT, "federated_learning.ipynb")
 
@@ -56,12 +56,14 @@ def outputs(cell):
     return cell.get("outputs", [])
 
 
+@pytest.mark.slow
 def test_every_cell_ran_without_error(executed):
     for cell in code_cells(executed):
         assert all(o["output_type"] != "error" for o in outputs(cell))
         assert cell["execution_count"] is not None
 
 
+@pytest.mark.slow
 def test_it_shows_the_client_table_the_test_results_and_the_plot(executed):
     streams = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
                       for c in code_cells(executed) for o in outputs(c) if o["output_type"] == "stream")

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import federated_learning as fl
-from fl_tutorial import pointer_sgd
+from fl_tutorial.core.model import SimpleCNN
+from fl_tutorial.pysyft import pointer_sgd
 
 
 def steps_on_a_client(hook, worker, optimizer_class, n_steps=4):
     """n training steps of SimpleCNN on pointers; returns the weights and the messages sent per step."""
     torch.manual_seed(0)
-    model = fl.SimpleCNN(dropout=0)
+    model = SimpleCNN(dropout=0)
     data, target = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     optimizer = optimizer_class(model.parameters(), lr=0.1)
     model.send(worker)
@@ -52,10 +52,11 @@ def test_same_weights_as_torch_sgd_with_half_the_messages(hook, workers):
 
 def test_local_parameters_get_torchs_own_sgd():
     torch.manual_seed(0)
-    a, b = fl.SimpleCNN(dropout=0), fl.SimpleCNN(dropout=0)
+    a, b = SimpleCNN(dropout=0), SimpleCNN(dropout=0)
     b.load_state_dict(a.state_dict())
     data, target = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    for model, optimizer in ((a, torch.optim.SGD(a.parameters(), lr=0.1)), (b, pointer_sgd.SGD(b.parameters(), lr=0.1))):
+    for model, optimizer in ((a, torch.optim.SGD(a.parameters(), lr=0.1)),
+                             (b, pointer_sgd.SGD(b.parameters(), lr=0.1))):
         for _ in range(3):
             optimizer.zero_grad()
             F.cross_entropy(model(data), target).backward()
@@ -66,4 +67,4 @@ def test_local_parameters_get_torchs_own_sgd():
 
 def test_only_plain_sgd_is_offered():
     with pytest.raises(TypeError):
-        pointer_sgd.SGD(fl.SimpleCNN().parameters(), lr=0.1, momentum=0.9)
+        pointer_sgd.SGD(SimpleCNN().parameters(), lr=0.1, momentum=0.9)

@@ -14,10 +14,24 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_exit, assert_usage_error, run_script
-from fl_tutorial import client_training, dp, peer_aggregation, processes, security
-from fl_tutorial.model import SimpleCNN
-from test_websocket import FAST, connect_flag, make_certificate, no_leftovers, printed_results  # noqa: F401  (an autouse fixture)
+from fl_tutorial.core.model import SimpleCNN
+from fl_tutorial.privacy import dp, fixed_point, peer_sum
+from fl_tutorial.privacy.aggregation import ServerAverage
+from fl_tutorial.pysyft import client_training
+from fl_tutorial.pysyft.owners import ClientError
+from fl_tutorial.remote import security, websocket_clients
+from fl_tutorial.remote.local_clients import LocalClients
+from helpers import (
+    FAST,
+    ROOT,
+    assert_clean_exit,
+    assert_usage_error,
+    connect_flag,
+    make_certificate,
+    parse,
+    printed_results,
+    run_script,
+)
 
 ROUNDS = 2
 # 3 clients of 213 or 214 fake samples, 7 batches of 32 each a round.
@@ -40,7 +54,8 @@ def record_run(tmp_path, mnist_dir, aggregation, *extra):
 @pytest.fixture(scope="module")
 def cross_runs(tmp_path_factory, mnist_dir):
     tmp_path = tmp_path_factory.mktemp("cross")
-    return {aggregation: record_run(tmp_path, mnist_dir, aggregation) for aggregation in ("server", "secure", "trusted")}
+    return {aggregation: record_run(tmp_path, mnist_dir, aggregation)
+            for aggregation in ("server", "secure", "trusted")}
 
 
 @pytest.mark.parametrize("aggregation", ["secure", "trusted"])
@@ -76,39 +91,40 @@ def test_no_message_at_the_coordinator_carries_one_client_update(cross_runs, agg
     per_round = len(sums) // ROUNDS
     for index, updates in enumerate(rounds):
         got = [s["reply"]["sum"].numpy().view(np.uint64) for s in sums[index * per_round:(index + 1) * per_round]]
-        total = peer_aggregation.decode(peer_aggregation.add(got))
+        total = fixed_point.decode(fixed_point.add(got))
         average = sum(updates.values()) / len(updates)  # the weights are the share sizes, 1/3 to within 0.5%
         assert (total - average).abs().max() < 0.01 * average.abs().max(), "the sums do not add up to the average"
         for ring in got:
-            decoded = peer_aggregation.decode(ring)
+            decoded = fixed_point.decode(ring)
             for client, update in updates.items():
                 for hidden in (update, update / 3):  # plain or scaled, in floats or fixed point
                     assert (decoded - hidden).abs().max() > 1e-3, (aggregation, client)
-                    assert not np.array_equal(ring, peer_aggregation.encode(hidden))
+                    assert not np.array_equal(ring, fixed_point.encode(hidden))
         if aggregation == "secure":  # each holder's sum is spread over the ring, like a share
             for ring in got:
                 assert np.mean(ring >= 2 ** 63) == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
 def test_what_a_client_receives_from_another_is_spread_over_the_ring(tmp_path, mnist_dir):
     token = str(tmp_path / "token")
     security.write_new_token(token)
     received = tmp_path / "received"
     received.mkdir()
-    with processes.LocalClients(["client1", "client2"], mnist_dir, token, ["--train-only"]) as (addresses, _), \
+    with LocalClients(["client1", "client2"], mnist_dir, token, ["--train-only"]) as (addresses, _), \
             recording_peer(mnist_dir, token, PEER_RECORD=str(received)) as (peer, _):
         result = run_script("--connect", connect_flag(addresses + peer), "--token-file", token,
                             "--data-dir", mnist_dir, "--aggregation", "secure", "--epochs", "1", *CROSS)
     assert result.returncode == 0, result.stderr
     shares = sorted(os.listdir(str(received)))
     assert shares == ["round-1-client3-from-client1.pt", "round-1-client3-from-client2.pt"]
-    size = peer_aggregation.model_size()
+    size = peer_sum.model_size()
     for name in shares:
         ring = torch.load(str(received / name)).numpy().view(np.uint64)
         assert ring.shape == (size,)
         assert_uniform_over_the_ring(ring)
     with pytest.raises(AssertionError):  # the encoded update itself is not: small numbers sit at the ring's ends
-        assert_uniform_over_the_ring(peer_aggregation.encode(torch.randn(size, dtype=torch.float64) * 0.01))
+        assert_uniform_over_the_ring(fixed_point.encode(torch.randn(size, dtype=torch.float64) * 0.01))
 
 
 def assert_uniform_over_the_ring(ring):
@@ -124,7 +140,7 @@ def recording_peer(mnist_dir, token, **env):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        peer = processes.LocalClients(["client3"], mnist_dir, token, ["--train-only"], module="tests.peer_worker")
+        peer = LocalClients(["client3"], mnist_dir, token, ["--train-only"], module="tests.peer_worker")
         started = peer.__enter__()
     finally:
         for k, v in old.items():
@@ -138,6 +154,7 @@ def recording_peer(mnist_dir, token, **env):
         peer.__exit__(None, None, None)
 
 
+@pytest.mark.slow
 def test_over_tls_each_client_verifies_the_others_against_its_own_ca(tmp_path, mnist_dir):
     token = str(tmp_path / "token")
     security.write_new_token(token)
@@ -146,10 +163,10 @@ def test_over_tls_each_client_verifies_the_others_against_its_own_ca(tmp_path, m
     runs = {}
     for name, ca in (("verified", cert), ("stranger", stranger)):
         tls = ["--train-only", "--cert", cert, "--key", key, "--ca", ca]
-        with processes.LocalClients(["client1", "client2"], mnist_dir, token, tls) as (addresses, _):
+        with LocalClients(["client1", "client2"], mnist_dir, token, tls) as (addresses, _):
             runs[name] = run_script("--connect", connect_flag(addresses), "--token-file", token, "--ca", cert,
-                                    "--data-dir", mnist_dir, "--aggregation", "secure", "--epochs", "1", "--workers", "websocket",
-                                    "--strategy", "fedavg", "--batch-size", "32", *FAST)
+                                    "--data-dir", mnist_dir, "--aggregation", "secure", "--epochs", "1",
+                                    "--workers", "websocket", "--strategy", "fedavg", "--batch-size", "32", *FAST)
     assert runs["verified"].returncode == 0, runs["verified"].stderr
     assert len(printed_results(runs["verified"])) == 1
     refused = runs["stranger"]
@@ -157,11 +174,12 @@ def test_over_tls_each_client_verifies_the_others_against_its_own_ca(tmp_path, m
     assert "client1 could not hand its share to client2" in refused.stderr and "verif" in refused.stderr
 
 
+@pytest.mark.slow
 def test_a_client_that_dies_during_aggregation_ends_the_run_with_one_line_naming_it(tmp_path, mnist_dir):
     token = str(tmp_path / "token")
     security.write_new_token(token)
     metrics = tmp_path / "m.json"
-    with processes.LocalClients(["client1", "client2"], mnist_dir, token, ["--train-only"]) as (addresses, _), \
+    with LocalClients(["client1", "client2"], mnist_dir, token, ["--train-only"]) as (addresses, _), \
             recording_peer(mnist_dir, token, PEER_DIE="1") as (peer, _):
         result = run_script("--connect", connect_flag(addresses + peer), "--token-file", token,
                             "--data-dir", mnist_dir, "--aggregation", "secure", "--epochs", "1", *CROSS,
@@ -174,16 +192,15 @@ def test_a_client_that_dies_during_aggregation_ends_the_run_with_one_line_naming
     assert not metrics.exists() or json.load(open(str(metrics)))["epochs"] == []
 
 
+@pytest.mark.slow
 def test_a_curious_coordinator_gets_no_single_clients_shares_summed(tmp_path, mnist_dir, hook):
     # Sent for real over 127.0.0.1 to a running client: the requests that would hand one client's update, or all
     # of a client's shares, to whoever asks. Each is refused; the honest request still gets its sum.
-    from fl_tutorial import websocket_clients
-
     token_file = str(tmp_path / "token")
     security.write_new_token(token_file)
-    size = peer_aggregation.model_size()
+    size = peer_sum.model_size()
     shares = {name: torch.randint(-2 ** 62, 2 ** 62, (size,), dtype=torch.int64) for name in ("client1", "client2")}
-    with processes.LocalClients(["curious-holder"], mnist_dir, token_file, ["--train-only"]) as (addresses, token):
+    with LocalClients(["curious-holder"], mnist_dir, token_file, ["--train-only"]) as (addresses, token):
         name, host, port = addresses[0]
         holder = websocket_clients.make_client_class()(hook, host, port, name, token=token)
         try:
@@ -210,6 +227,7 @@ def test_a_curious_coordinator_gets_no_single_clients_shares_summed(tmp_path, mn
             hook.local_worker._known_workers.pop(name, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, kwargs", [
     ("load_share", {"rule": {"partition": "iid"}, "index": 0}),
     ("fit", {"dataset_key": "mnist-train"}),
@@ -217,17 +235,15 @@ def test_a_curious_coordinator_gets_no_single_clients_shares_summed(tmp_path, mn
     ("search", {"query": ["#data"]}),
 ])
 def test_the_aggregator_takes_shares_and_sums_and_nothing_else(tmp_path, mnist_dir, hook, command, kwargs):
-    from fl_tutorial import websocket_clients
-
     token_file = str(tmp_path / "token")
     security.write_new_token(token_file)
     name = "aggregator-{}".format(command)
-    started = processes.LocalClients([name], mnist_dir, token_file, args_for={name: ["--aggregator"]})
+    started = LocalClients([name], mnist_dir, token_file, args_for={name: ["--aggregator"]})
     with started as (addresses, token):
         _, host, port = addresses[0]
         client = websocket_clients.make_client_class()(hook, host, port, name, token=token)
         try:
-            with pytest.raises(websocket_clients.ClientError, match="closed the connection"):
+            with pytest.raises(ClientError, match="closed the connection"):
                 client._send_msg_and_deserialize(command, **kwargs)
             log = "\n".join(started.log_tail(name, lines=50))
             assert "a worker command an aggregator does not run: {}".format(command) in log
@@ -261,7 +277,7 @@ def test_the_noise_has_the_stated_standard_deviation():
     # 1.7 million draws: the sample std is within 0.3% of the true one with probability 1 - 1e-12.
     z, c, m = 1.3, 0.7, 4
     gen = dp.generator(seed=12345)
-    draws = dp.noise((peer_aggregation.model_size(),), dp.server_std(z, c, m), gen)
+    draws = dp.noise((peer_sum.model_size(),), dp.server_std(z, c, m), gen)
     assert draws.std().item() == pytest.approx(z * c / m, rel=0.003) and abs(draws.mean().item()) < 1e-3
     # With secure aggregation each of the m clients adds its part; the average gets the same std.
     parts = torch.stack([dp.noise((200000,), dp.client_std(z, c, m), gen) for _ in range(m)]).mean(0)
@@ -269,11 +285,9 @@ def test_the_noise_has_the_stated_standard_deviation():
 
 
 def test_server_noise_goes_onto_the_average_of_the_clipped_updates():
-    from fl_tutorial.aggregation import ServerAverage
-
     start = SimpleCNN().state_dict()
     same = [(100, {k: v + 0.01 for k, v in start.items()}), (300, {k: v + 0.01 for k, v in start.items()})]
-    noisy = ServerAverage(noise_multiplier=2.0, clip=0.5, noise_seed=7).average(same)
+    noisy = ServerAverage(noise_multiplier=2.0, clip=0.5, noise_seed=7).average(same, start)
     names = list(start)
     residual = dp.flatten(noisy, names) - dp.flatten(start, names) - 0.01
     assert residual.std().item() == pytest.approx(2.0 * 0.5 / 2, rel=0.01)
@@ -283,7 +297,7 @@ def test_epsilon_is_the_accountants_and_matches_published_values():
     import dp_accounting
     from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
-    # Ours: 100 clients, 10 a round, Z = 1.1, 20 rounds; replace-one, sensitivity 2C (fl_tutorial/dp.py).
+    # Ours: 100 clients, 10 a round, Z = 1.1, 20 rounds; replace-one, sensitivity 2C (fl_tutorial/privacy/dp.py).
     ours = dp.Accountant(1.1, 1e-5, 100, 10).epsilon(20)
     library = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     library.compose(dp_accounting.SampledWithoutReplacementDpEvent(100, 10, dp_accounting.GaussianDpEvent(0.55)), 20)
@@ -306,6 +320,7 @@ def test_epsilon_is_the_accountants_and_matches_published_values():
         assert accountant.get_epsilon(1e-5) <= published
 
 
+@pytest.mark.slow
 def test_the_accountants_own_test_suite_passes_with_these_pins(tmp_path):
     # dp-accounting 0.3.0 declares newer numpy and scipy than syft allows (requirements.txt): its own RDP
     # tests, shipped in the wheel, show that its accountant computes correctly with the pinned ones.
@@ -318,6 +333,7 @@ def test_the_accountants_own_test_suite_passes_with_these_pins(tmp_path):
     assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_dp_fedavg_with_no_noise_and_a_huge_bound_is_fedavg(mnist_dir, tmp_path):
     runs = {}
     for name, flags in (("fedavg", []), ("dp", ["--dp-clip", "1e9", "--dp-noise", "0"])):
@@ -331,6 +347,7 @@ def test_dp_fedavg_with_no_noise_and_a_huge_bound_is_fedavg(mnist_dir, tmp_path)
     assert "epsilon = inf" in runs["dp"].stdout and "epsilon" not in runs["fedavg"].stdout
 
 
+@pytest.mark.slow
 def test_a_dp_run_prints_epsilon_every_round_and_records_it(mnist_dir, tmp_path):
     metrics, plot = tmp_path / "m.json", tmp_path / "p.png"
     result = run_script("--strategy", "fedavg", "--train-on", "client", "--num-clients", "4", "--clients-per-round",
@@ -346,6 +363,7 @@ def test_a_dp_run_prints_epsilon_every_round_and_records_it(mnist_dir, tmp_path)
     assert plot.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_secure_aggregation_across_processes_with_dp_noise_added_by_the_clients(mnist_dir, tmp_path):
     metrics = tmp_path / "m.json"
     result = run_script("--workers", "websocket", "--strategy", "fedavg", "--aggregation", "secure", "--epochs", "1",
@@ -376,8 +394,6 @@ def test_impossible_privacy_settings_get_the_usage_error(capsys, flags, complain
 
 
 def test_the_privacy_table_runs_valid_flags_and_reports_a_diverged_run():
-    import federated_learning as fl
-
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import fedavg_paper
     import privacy_table
@@ -385,7 +401,7 @@ def test_the_privacy_table_runs_valid_flags_and_reports_a_diverged_run():
     jobs = list(privacy_table.jobs(rounds=3, clip=0.5))
     assert [name for name, _ in jobs] == ["fedavg", "clip-only", "noise-0.01", "noise-0.1", "noise-1"]
     for name, flags in jobs:
-        args = fl.parse_args(fedavg_paper.COMMON + flags + ["--lr", str(privacy_table.LR)])
+        args = parse(fedavg_paper.COMMON + flags + ["--lr", str(privacy_table.LR)])
         assert (args.dp_clip, args.dp_noise) == ((None, None) if name == "fedavg" else
                                                  (0.5, None if name == "clip-only" else float(name[6:])))
     record = {"epoch": 1, "test_accuracy": 0.5, "seconds": 60.0, "epsilon": 7.7}

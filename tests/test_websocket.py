@@ -3,57 +3,37 @@
 Every server here binds 127.0.0.1 on a port it picks itself, and every process a
 test starts is stopped by the test, also when it fails.
 """
-import glob
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import psutil
 import pytest
 import torch
 
-from conftest import ROOT, SCRIPT, assert_clean_exit, assert_usage_error, run_script, write_mnist
-from fl_tutorial import processes, security, websocket_clients
-
-FAST = ["--lr", "0.05", "--log-interval", "1000"]
-
-
-BASETEMP = []
-
-
-def worker_processes():
-    """Every `fl_tutorial.worker` process that this test session started (none may outlive a test)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "fl_tutorial.worker" in cmdline and any(arg.startswith(BASETEMP[0]) for arg in cmdline):
-            found.append(proc)
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(tmp_path_factory):
-    BASETEMP[:] = [str(tmp_path_factory.getbasetemp())]
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "fl-clients-*")))
-    yield
-    assert worker_processes() == [], "a client process outlived the test"
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "fl-clients-*"))) <= before
+from fl_tutorial.pysyft.owners import ClientError
+from fl_tutorial.remote import security, websocket_clients
+from fl_tutorial.remote.local_clients import LocalClients
+from helpers import (
+    FAST,
+    ROOT,
+    assert_clean_exit,
+    assert_usage_error,
+    connect_flag,
+    coordinator,
+    make_certificate,
+    printed_results,
+    run_script,
+    saved,
+    worker_processes,
+    write_mnist,
+)
 
 
-def printed_results(result):
-    return re.findall(r"Test set: Average loss: [\d.]+, Accuracy: \d+/\d+", result.stdout)
-
-
-def saved(path):
-    return torch.load(str(path))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [
     [],
     ["--num-clients", "3", "--partition", "noniid", "--strategy", "fedavg", "--local-epochs", "2"],
@@ -69,7 +49,8 @@ def test_websocket_run_ends_with_the_weights_of_the_virtual_run(mnist_dir, tmp_p
         assert result.returncode == 0, result.stderr
         assert_clean_exit(result)
         runs[workers] = result
-    assert printed_results(runs["websocket"]) == printed_results(runs["virtual"]) and len(printed_results(runs["virtual"])) == 2
+    assert printed_results(runs["websocket"]) == printed_results(runs["virtual"])
+    assert len(printed_results(runs["virtual"])) == 2
     virtual, websocket = saved(tmp_path / "virtual"), saved(tmp_path / "websocket")
     for name in virtual:
         assert torch.allclose(virtual[name], websocket[name], rtol=0, atol=1e-6), name
@@ -77,6 +58,7 @@ def test_websocket_run_ends_with_the_weights_of_the_virtual_run(mnist_dir, tmp_p
     assert table == runs["virtual"].stdout.split("\n\n")[0] and "client2" in table
 
 
+@pytest.mark.slow
 def test_fedavg_clients_training_at_once_end_where_training_in_turn_ends(mnist_dir, tmp_path):
     # Each client draws dropout from its own generator, so dropout can stay on. The weights agree to
     # float tolerance, not bit for bit: at once, each client process uses its share of the cores, and
@@ -102,13 +84,10 @@ def token_file(tmp_path):
 
 def running_clients(data_dir, token_file, ids=("client1", "client2"), extra_args=()):
     """Clients started with `python -m fl_tutorial.worker`, as on other machines; stopped by the caller."""
-    return processes.LocalClients(list(ids), data_dir, token_file, extra_args)
+    return LocalClients(list(ids), data_dir, token_file, extra_args)
 
 
-def connect_flag(addresses):
-    return ",".join("{}={}:{}".format(*address) for address in addresses)
-
-
+@pytest.mark.slow
 def test_clients_keep_their_own_data(tmp_path, mnist_dir, token_file):
     # The clients read MNIST from their own folder, with 300 samples; the coordinator's has 640.
     own = write_mnist(tmp_path / "clients", n_train=300)
@@ -120,6 +99,7 @@ def test_clients_keep_their_own_data(tmp_path, mnist_dir, token_file):
     assert [row.split()[:2] for row in rows] == [["client1", "150"], ["client2", "150"]]
 
 
+@pytest.mark.slow
 def test_a_wrong_or_missing_token_is_refused_and_the_client_keeps_serving(tmp_path, mnist_dir, token_file):
     wrong = str(tmp_path / "wrong.txt")
     security.write_new_token(wrong)
@@ -143,17 +123,7 @@ def test_a_wrong_or_missing_token_is_refused_and_the_client_keeps_serving(tmp_pa
         assert len(printed_results(result)) == 1
 
 
-def make_certificate(folder, name):
-    """A self-signed RSA 2048 / SHA-256 certificate for 127.0.0.1 (OpenSSL 3 refuses SHA-1)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = os.path.join(folder, name + ".pem"), os.path.join(folder, name + ".key")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-days", "2", "-nodes",
-                    "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return cert, key
-
-
+@pytest.mark.slow
 def test_tls_is_verified_against_the_ca(tmp_path, mnist_dir, token_file):
     cert, key = make_certificate(str(tmp_path), "client")
     stranger, _ = make_certificate(str(tmp_path), "stranger")
@@ -177,12 +147,6 @@ def test_tls_is_verified_against_the_ca(tmp_path, mnist_dir, token_file):
             assert len(result.stderr.strip().splitlines()) == 1
 
 
-def coordinator(*args):
-    return subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, universal_newlines=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
 def wait_for_epochs(metrics_path, proc, n, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -196,7 +160,7 @@ def wait_for_epochs(metrics_path, proc, n, timeout=120):
 
 
 @pytest.fixture(params=["sequential", "fedavg"])
-def long_run(mnist_dir, tmp_path, request):
+def long_run(mnist_dir, tmp_path, tmp_path_factory, request):
     metrics = str(tmp_path / "m.json")
     proc = coordinator("--workers", "websocket", "--data-dir", mnist_dir, "--epochs", "1000",
                        "--strategy", request.param, "--metrics-out", metrics, *FAST)
@@ -204,10 +168,12 @@ def long_run(mnist_dir, tmp_path, request):
     if proc.poll() is None:
         proc.kill()
     proc.communicate()
-    for child in worker_processes():  # only if the coordinator failed to stop them: the test fails then
+    for child in worker_processes(str(tmp_path_factory.getbasetemp())):  # only if the coordinator failed to stop
+        # them: the test fails then
         child.kill()
 
 
+@pytest.mark.slow
 def test_a_client_killed_mid_run_ends_the_run_cleanly(long_run):
     proc, metrics = long_run
     wait_for_epochs(metrics, proc, 1)
@@ -227,6 +193,7 @@ def test_a_client_killed_mid_run_ends_the_run_cleanly(long_run):
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, message", [(signal.SIGINT, "Interrupted."), (signal.SIGTERM, "Terminated.")])
 def test_ctrl_c_or_sigterm_stops_the_clients_too(long_run, signum, message):
     proc, metrics = long_run
@@ -240,8 +207,9 @@ def test_ctrl_c_or_sigterm_stops_the_clients_too(long_run, signum, message):
     assert alive == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_client_gets_one_message(mnist_dir):
-    with processes.LocalClients(["client1"], mnist_dir) as (addresses, _):
+    with LocalClients(["client1"], mnist_dir) as (addresses, _):
         port = addresses[0][2]
     # The client is stopped now: its port refuses connections.
     start = time.time()
@@ -276,6 +244,7 @@ def run_worker(*args):
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_worker_refuses_to_listen_beyond_this_machine_without_a_token(mnist_dir):
     result = run_worker("--id", "client1", "--host", "0.0.0.0", "--data-dir", mnist_dir)
     assert result.returncode == 2
@@ -283,8 +252,9 @@ def test_a_worker_refuses_to_listen_beyond_this_machine_without_a_token(mnist_di
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_on_a_taken_port_says_so(mnist_dir):
-    with processes.LocalClients(["client1"], mnist_dir) as (addresses, _):
+    with LocalClients(["client1"], mnist_dir) as (addresses, _):
         result = run_worker("--id", "other", "--port", str(addresses[0][2]), "--data-dir", mnist_dir)
     assert result.returncode == 2
     assert "cannot listen on 127.0.0.1:{}".format(addresses[0][2]) in result.stderr
@@ -306,14 +276,11 @@ def test_the_token_check_is_exact():
         assert not security.token_matches(token, header)
 
 
+@pytest.mark.slow
 def test_a_client_that_cannot_start_gets_one_message(tmp_path, monkeypatch):
     # A client process that stops at start (here: no MNIST in its folder, and no mirror) is a ClientError,
     # which the script prints as one line, not a StartError traceback.
-    import argparse
-
     monkeypatch.setenv("MNIST_MIRRORS", "http://127.0.0.1:9/none/")
-    args = argparse.Namespace(connect=None, num_clients=1, data_dir=str(tmp_path / "empty"), token_file=None,
-                              strategy="sequential", in_turn=False, train_on="coordinator", aggregation="server")
-    with pytest.raises(websocket_clients.ClientError, match=r"^client1 stopped at start \(exit status 1\): "):
-        with websocket_clients.clients(None, args):
+    with pytest.raises(ClientError, match=r"^client1 stopped at start \(exit status 1\): "):
+        with websocket_clients.clients(None, ["client1"], str(tmp_path / "empty"), threads=1):
             pass

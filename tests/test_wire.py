@@ -1,4 +1,4 @@
-"""No code on the wire: real exploits, sent both ways, are refused and run nothing (fl_tutorial/wire.py).
+"""No code on the wire: real exploits, sent both ways, are refused and run nothing (fl_tutorial/pysyft/wire.py).
 
 A pickle whose __reduce__ creates a marker file stands for any code: a malicious
 client sends it in reply to model.get(), a token-holding coordinator sends it to
@@ -15,11 +15,12 @@ import zlib
 import pytest
 import torch
 
-from conftest import assert_clean_exit, run_script
 from evil_worker import exploit_pickle
-from fl_tutorial import processes, security, websocket_clients, wire
-
-FAST = ["--lr", "0.05", "--log-interval", "1000"]
+from fl_tutorial.pysyft import wire
+from fl_tutorial.pysyft.owners import ClientError
+from fl_tutorial.remote import security, websocket_clients
+from fl_tutorial.remote.local_clients import LocalClients
+from helpers import FAST, assert_clean_exit, run_script
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def exploit_message(sy, marker, monkeypatch):
 
 def test_the_exploit_is_real_torch_load_would_run_it(tmp_path):
     path = str(tmp_path / "ran")
-    with pytest.raises(Exception):  # torch.load complains only after the pickle has run
+    with pytest.raises(Exception):  # noqa: B017  (torch.load complains, whatever it says, only after the pickle ran)
         torch.load(io.BytesIO(exploit_pickle(path)))
     assert os.path.exists(path)
 
@@ -79,7 +80,7 @@ def test_only_torch_saves_own_format_is_read_not_tar_or_zip(sy, hook, payload, m
 def test_real_tensors_and_parameters_still_round_trip_bit_for_bit(sy, hook):
     for value in (torch.randn(3, 4), torch.arange(10), torch.nn.Parameter(torch.randn(2, 2))):
         back = sy.serde.deserialize(sy.serde.serialize(value))
-        assert torch.equal(back, value) and back.dtype == value.dtype and type(back) == type(value)
+        assert torch.equal(back, value) and back.dtype == value.dtype and type(back) is type(value)
 
 
 def test_a_type_name_is_refused_not_resolved(sy, hook):
@@ -108,6 +109,7 @@ def test_deep_nesting_is_refused(sy, hook):
         sy.serde.deserialize(sy.serde.serialize(nested))
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_is_refused_before_it_fills_memory(sy, hook):
     from syft.serde import compression
 
@@ -137,7 +139,7 @@ def worker(tmp_path, mnist_dir):
     old name the first one's address."""
     token_file = str(tmp_path / "token")
     security.write_new_token(token_file)
-    clients = processes.LocalClients(["owner{}".format(next(NAMES))], mnist_dir, token_file)
+    clients = LocalClients(["owner{}".format(next(NAMES))], mnist_dir, token_file)
     with clients as (addresses, token):
         yield addresses[0], token, clients
 
@@ -160,12 +162,13 @@ def still_serving(hook, worker):
         client.close()
 
 
+@pytest.mark.slow
 def test_a_worker_refuses_an_exploit_from_a_coordinator_that_has_the_token(sy, hook, worker, marker, monkeypatch):
     from syft.serde.msgpack import torch_serde
 
     client = connect(hook, worker)
     monkeypatch.setattr(torch_serde, "torch_tensor_serializer", lambda owner, tensor: exploit_pickle(marker))
-    with pytest.raises(websocket_clients.ClientError, match="closed the connection"):
+    with pytest.raises(ClientError, match="closed the connection"):
         torch.ones(3).send(client)
     monkeypatch.undo()
     client.close()
@@ -181,6 +184,7 @@ def command(sy, name, target, args):
     return TensorCommandMessage.computation(name, target, args, {}, (sy.ID_PROVIDER.pop(),), False)
 
 
+@pytest.mark.slow
 def test_a_function_outside_training_is_refused_though_syft_would_run_it(sy, hook, worker, tmp_path):
     path = str(tmp_path / "written-by-torch.save")
     virtual = sy.VirtualWorker(hook, id="stock-syft")  # syft 0.2.6 as it comes: the command writes the file
@@ -191,13 +195,14 @@ def test_a_function_outside_training_is_refused_though_syft_would_run_it(sy, hoo
     client = connect(hook, worker)
     pointer = torch.ones(2).send(client)
     pointer.child.garbage_collect_data = False  # the worker drops this connection: nothing to delete there later
-    with pytest.raises(websocket_clients.ClientError):
+    with pytest.raises(ClientError):
         hook.local_worker.send_msg(command(sy, "torch.save", None, (pointer, path)), client)
     assert not os.path.exists(path)
     assert "a function this worker does not run: torch.save" in refusals(worker[2])[-1]
     still_serving(hook, worker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, target, says", [
     ("clear_objects", "self", "a method this worker does not run: clear_objects"),
     ("apply_", 0, "a method this worker does not run on its objects: apply_"),
@@ -208,15 +213,16 @@ def test_methods_outside_training_are_refused(sy, hook, worker, name, target, sa
         pointer = torch.ones(2).send(client)
         pointer.child.garbage_collect_data = False  # the worker drops this connection: nothing to delete later
         target = pointer.id_at_location
-    with pytest.raises(websocket_clients.ClientError):
+    with pytest.raises(ClientError):
         hook.local_worker.send_msg(command(sy, name, target, ()), client)
     assert says in refusals(worker[2])[-1]
     still_serving(hook, worker)
 
 
+@pytest.mark.slow
 def test_a_worker_command_outside_training_is_refused(hook, worker):
     client = connect(hook, worker)
-    with pytest.raises(websocket_clients.ClientError):
+    with pytest.raises(ClientError):
         client._send_msg_and_deserialize("load_data", data=[])
     assert "a worker command this worker does not run: load_data" in refusals(worker[2])[-1]
     still_serving(hook, worker)
@@ -224,6 +230,7 @@ def test_a_worker_command_outside_training_is_refused(hook, worker):
 
 # --- a malicious client, and the coordinator it attacks ----------------------------------------------------
 
+@pytest.mark.slow
 def test_the_coordinator_refuses_an_exploit_in_reply_to_model_get(tmp_path, mnist_dir, marker, monkeypatch):
     """client1 answers its second model.get() with the exploit: epoch 1 finishes, epoch 2 stops, nothing runs."""
     token_file = str(tmp_path / "token")
@@ -231,7 +238,7 @@ def test_the_coordinator_refuses_an_exploit_in_reply_to_model_get(tmp_path, mnis
     monkeypatch.setenv("EVIL_MARKER", marker)
     monkeypatch.setenv("EVIL_AFTER", "20")  # one honest model.get(): weights and gradients (measured: 20 tensors)
     metrics = str(tmp_path / "metrics.json")
-    evil = processes.LocalClients(["client1", "client2"], mnist_dir, token_file, module="tests.evil_worker")
+    evil = LocalClients(["client1", "client2"], mnist_dir, token_file, module="tests.evil_worker")
     with evil as (addresses, _):
         connect_flag = ",".join("{}={}:{}".format(*address) for address in addresses)
         result = run_script("--workers", "websocket", "--connect", connect_flag, "--token-file", token_file,

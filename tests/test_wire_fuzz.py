@@ -29,8 +29,13 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fl_tutorial import processes, security, websocket_clients, wire
-from fl_tutorial.model import SimpleCNN
+from fl_tutorial.core.model import SimpleCNN
+from fl_tutorial.pysyft import wire
+from fl_tutorial.pysyft.owners import ClientError
+from fl_tutorial.remote import security, websocket_clients
+from fl_tutorial.remote.local_clients import LocalClients
+
+pytestmark = pytest.mark.slow  # make test-all: fuzzing a running worker and coordinator
 
 CASES = int(os.environ.get("FL_TUTORIAL_FUZZ_CASES", "150"))
 CASE_SECONDS = websocket_clients.REPLY_TIMEOUT  # a case that takes longer counts as a hang
@@ -42,7 +47,7 @@ def worker(tmp_path_factory, mnist_dir):
     folder = tmp_path_factory.mktemp("fuzz")
     token_file = str(folder / "token")
     security.write_new_token(token_file)
-    clients = processes.LocalClients(["fuzzed"], mnist_dir, token_file)
+    clients = LocalClients(["fuzzed"], mnist_dir, token_file)
     with clients as (addresses, token):
         yield addresses[0], token, clients
 
@@ -214,7 +219,7 @@ def test_the_coordinator_reads_or_refuses_every_broken_reply(sy, hook, corpus):
                 outcomes["read"] += 1
             except wire.Refused:
                 outcomes["refused"] += 1
-            except websocket_clients.ClientError:
+            except ClientError:
                 outcomes["client lost"] += 1
                 state["client"] = None
             assert time.time() - started < CASE_SECONDS, "the coordinator hung on a {} case".format(kind)

@@ -9,7 +9,7 @@ A row per system, each run as a user runs it, in its own environment:
 - PySyft 0.2.6 with VirtualWorkers, and with client processes over websockets;
 - the Flower twin on Flower's simulation engine, and on its deployment engine (TLS, authenticated nodes).
 Bytes on the wire are counted by a relay on 127.0.0.1 between the clients and the
-server (fl_tutorial/relay.py), both directions, framing and TLS included. Peak RSS
+server (fl_tutorial/core/relay.py), both directions, framing and TLS included. Peak RSS
 is the largest sum, sampled every 0.2 s, over all the processes of a row (Ray's too).
 Runs on Linux (it reads /proc).
 """
@@ -28,8 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from flower_twin import config  # noqa: E402
-from fl_tutorial.processes import LocalClients  # noqa: E402
-from fl_tutorial.relay import Relay  # noqa: E402
+
+from fl_tutorial.core import partition  # noqa: E402
+from fl_tutorial.core.relay import Relay  # noqa: E402
+from fl_tutorial.remote.local_clients import LocalClients  # noqa: E402  (starts the PySyft clients, .venv's)
 
 PYSYFT_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 ROWS = {
@@ -49,7 +51,8 @@ def build_parser():
     parser = argparse.ArgumentParser(description="PySyft and its Flower twin side by side")
     for flag, (key, kind) in config.FLAGS.items():
         if key not in ("metrics-out", "plot", "save-model", "device", "max-batches"):
-            parser.add_argument(flag, dest=key, choices=config.CHOICES.get(key), type=None if key in config.CHOICES else kind)
+            parser.add_argument(flag, dest=key, choices=config.CHOICES.get(key),
+                                type=None if key in config.CHOICES else kind)
     parser.add_argument("--rows", default=",".join(ROWS), help="which rows, comma-separated (default: all): " +
                         ", ".join(ROWS))
     parser.add_argument("--json-out", metavar="PATH", help="also write the rows as JSON")
@@ -132,8 +135,9 @@ def measure(row, args, flags, folder):
         elif row.startswith("pysyft-websocket"):
             data_dir = os.path.abspath(args.__dict__.get("data-dir") or "./data")
             where = "coordinator" if row.endswith("coordinator") else "client"
-            clients = LocalClients(["client{}".format(i + 1) for i in range(args.__dict__.get("num-clients") or 2)],
-                                   data_dir, python=PYSYFT_PYTHON, extra_args=["--train-only"] if where == "client" else [])
+            clients = LocalClients(partition.client_names(args.__dict__.get("num-clients") or 2),
+                                   data_dir, python=PYSYFT_PYTHON,
+                                   extra_args=["--train-only"] if where == "client" else [])
             with clients as (addresses, _):
                 relays = [Relay(host, port) for _, host, port in addresses]
                 connect = ",".join("{}=127.0.0.1:{}".format(name, r.port) for (name, _, _), r in zip(addresses, relays))

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
 
-from fl_tutorial.cli import positive_float, positive_int  # noqa: E402
+from fl_tutorial.core.cli import positive_float, positive_int  # noqa: E402
 
 COMMON = ["--strategy", "fedavg", "--num-clients", "100", "--clients-per-round", "10", "--dropout", "0",
           "--train-on", "client", "--target-accuracy", "0.99", "--seed", "1", "--log-interval", "1000000"]
@@ -122,7 +122,8 @@ def table(results):
                 continue
             reached = {t: rounds_to(data, t) for t in TARGETS}
             accuracy, at = best(data)
-            lines.append("| {} {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.2%} ({}) | {} | {:.0f} min |".format(
+            lines.append("| {} {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.2%} ({}) | {} | {:.0f} min |"
+                         .format(
                 "IID" if partition == "iid" else "non-IID", "FedSGD" if batch == "full" else "FedAvg",
                 epochs, "inf" if batch == "full" else batch, mu or "-", data["config"]["lr"],
                 cell(reached[0.99], data), PAPER[paper_row][partition == "noniid"], cell(reached[0.97], data),

@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from fl_tutorial import mnist  # noqa: E402
-from fl_tutorial.model import SimpleCNN  # noqa: E402
+from fl_tutorial.core import mnist  # noqa: E402
+from fl_tutorial.core.model import SimpleCNN  # noqa: E402
 
 
 def main():

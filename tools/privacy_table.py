@@ -6,7 +6,7 @@ The FedAvg paper's setting (tools/fedavg_paper.py: 100 IID clients of 600 sample
 10 drawn a round, E = 1, B = 10, lr 0.1, no dropout), each client's update clipped
 to --clip, and Gaussian noise of multiplier Z on the average: one run per Z, plus
 plain FedAvg and clipping alone. epsilon at delta = 1e-5 comes from the runs' own
-metrics (dp-accounting's RDP accountant, fl_tutorial/dp.py). results/privacy/ gets
+metrics (dp-accounting's RDP accountant, fl_tutorial/privacy/dp.py). results/privacy/ gets
 the runs' JSON, logs and plots, and table.md. A run whose training diverges
 (too much noise) keeps the rounds it finished, and the table says so.
 """
@@ -21,7 +21,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "tools"))
 
 import fedavg_paper  # noqa: E402  (its run(): one core per run, metrics and plots)
-from fl_tutorial.cli import positive_float, positive_int  # noqa: E402
+from fl_tutorial.core.cli import positive_float, positive_int  # noqa: E402
 
 NOISE = (0.01, 0.1, 1.0)  # noise multipliers Z
 SETTING = ["--partition", "iid", "--local-epochs", "1", "--batch-size", "10"]

@@ -8,13 +8,14 @@ TOML has no "unset": 0 and "" stand for a flag left out.
 import argparse
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import tomli_w
 
-from fl_tutorial import cli
+from fl_tutorial.core import cli, partition
 
-APP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APP_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # the app, not its linked copy
 
 # The script's flag -> (run config key, argparse type: the script's own checks).
 FLAGS = {
@@ -66,41 +67,41 @@ class Settings:
     save_model: str | None
     device: str
 
-    def rule(self):
-        """How the training set is split: the same rule, and so the same shares, as the script's."""
-        return {"partition": self.partition, "num_clients": self.num_clients, "seed": self.seed,
-                "shards_per_client": self.shards_per_client, "dirichlet_alpha": self.dirichlet_alpha}
+    def rule(self) -> dict:
+        """How the training set is split: the script's rule, and so the same shares."""
+        return partition.rule(self.partition, self.num_clients, self.seed, self.shards_per_client,
+                              self.dirichlet_alpha)
 
-    def as_script_args(self):
+    def as_script_args(self) -> dict:
         """The script's names for these settings, for the metrics file (one reader serves both)."""
         values = asdict(self)
         values["epochs"] = values.pop("rounds")
         return dict(values, strategy="fedavg", aggregation="server", system="flower")
 
 
-def defaults():
+def defaults() -> dict:
     """[tool.flwr.app.config] of the app's pyproject.toml."""
     with open(os.path.join(APP_DIR, "pyproject.toml"), "rb") as f:
         return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
 
 
-def settings(run_config):
+def settings(run_config: dict) -> Settings:
     """Check a whole run config (defaults plus overrides); returns Settings or raises ConfigError."""
     keys = {key: kind for key, kind in FLAGS.values()}
     unknown = sorted(set(run_config) - set(keys))
     if unknown:
-        raise ConfigError("unknown run config key {}; the keys are: {}".format(unknown[0], ", ".join(sorted(keys))))
+        raise ConfigError(f"unknown run config key {unknown[0]}; the keys are: {', '.join(sorted(keys))}")
     values = {}
     for key, kind in keys.items():
         if key not in run_config:
-            raise ConfigError("run config key {} is missing".format(key))
+            raise ConfigError(f"run config key {key} is missing")
         values[key] = _value(key, kind, run_config[key])
-    if values["partition"] == "iid" and (values["shards-per-client"] or values["dirichlet-alpha"]):
-        raise ConfigError("shards-per-client and dirichlet-alpha need partition=\"noniid\"")
-    if values["shards-per-client"] and values["dirichlet-alpha"]:
-        raise ConfigError("choose one of shards-per-client and dirichlet-alpha")
-    if values["partition"] == "noniid" and not values["dirichlet-alpha"]:
-        values["shards-per-client"] = values["shards-per-client"] or 2
+    try:  # the script's own check and completion of the split (fl_tutorial/core/partition.py)
+        rule = partition.rule(values["partition"], values["num-clients"], values["seed"],
+                              values["shards-per-client"], values["dirichlet-alpha"], spell=run_config_key)
+    except partition.PartitionError as error:
+        raise ConfigError(str(error)) from None
+    values["shards-per-client"] = rule["shards_per_client"]
     return Settings(
         num_clients=values["num-clients"], rounds=values["num-server-rounds"], local_epochs=values["local-epochs"],
         lr=values["lr"], batch_size=values["batch-size"], test_batch_size=values["test-batch-size"],
@@ -110,28 +111,33 @@ def settings(run_config):
         save_model=values["save-model"], device=values["device"])
 
 
-def _value(key, kind, value):
+def run_config_key(name: str, value: str | None = None) -> str:
+    """How a run config writes a setting, for the script's messages: name, or name="value"."""
+    return name if value is None else f'{name}="{value}"'
+
+
+def _value(key: str, kind: Callable[[str], object], value: object) -> object:
     """One value, checked as the script checks its flag; 0 or "" where that means 'not given'."""
     if key in OFF_WHEN_ZERO and value == 0 and not isinstance(value, bool):
         return None
     if key in PATHS:
         if not isinstance(value, str) or (key == "data-dir" and not value):
-            raise ConfigError("{} must be a path in quotes, got {!r}".format(key, value))
+            raise ConfigError(f"{key} must be a path in quotes, got {value!r}")
         return value or None
     if key in CHOICES:
         if value not in CHOICES[key]:
-            raise ConfigError("{} must be one of {}, got {!r}".format(
-                key, ", ".join('"{}"'.format(c) for c in CHOICES[key]), value))
+            choices = ", ".join(f'"{c}"' for c in CHOICES[key])
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError("{} must be a number, got {!r}".format(key, value))
+        raise ConfigError(f"{key} must be a number, got {value!r}")
     try:
         return kind(str(value))
     except argparse.ArgumentTypeError as error:
-        raise ConfigError("{}={}: {}".format(key, value, error)) from None
+        raise ConfigError(f"{key}={value}: {error}") from None
 
 
-def write_overrides(path, values):
+def write_overrides(path: str, values: dict) -> str:
     """A run config file for `flwr run --run-config FILE` (a file, as a string of pairs cannot hold spaces)."""
     with open(path, "wb") as f:
         tomli_w.dump(values, f)

@@ -17,11 +17,11 @@ from cryptography.x509.oid import NameOID
 VALID_FOR = datetime.timedelta(days=30)
 
 
-def _name(common_name):
+def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write(path, data, private=False):
+def _write(path: str, data: bytes, private: bool = False) -> str:
     """Write bytes; private keys readable by their owner alone."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as f:
@@ -29,15 +29,16 @@ def _write(path, data, private=False):
     return path
 
 
-def _pem_key(key):
+def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
-def certificate_authority(folder, common_name="flower-twin CA"):
+def certificate_authority(folder: str,
+                          common_name: str = "flower-twin CA") -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     """A self-signed CA in folder/ca.pem (its key in ca.key); returns (certificate, key)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(_name(common_name))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALID_FOR)
@@ -52,11 +53,12 @@ def certificate_authority(folder, common_name="flower-twin CA"):
     return cert, key
 
 
-def server_certificate(folder, ca, hosts=("127.0.0.1", "localhost"), name="superlink"):
+def server_certificate(folder: str, ca: tuple[x509.Certificate, rsa.RSAPrivateKey],
+                       hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), name: str = "superlink") -> tuple[str, str]:
     """folder/NAME.pem and NAME.key: a certificate signed by `ca`, valid for each of `hosts` (IPs or names)."""
     ca_cert, ca_key = ca
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     names = []
     for host in hosts:
         try:
@@ -73,7 +75,7 @@ def server_certificate(folder, ca, hosts=("127.0.0.1", "localhost"), name="super
             _write(os.path.join(folder, name + ".key"), _pem_key(key), private=True))
 
 
-def supernode_keys(folder, name):
+def supernode_keys(folder: str, name: str) -> tuple[str, str]:
     """folder/NAME (private, OpenSSH) and NAME.pub: the P-384 key pair Flower's SuperNode authentication uses."""
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,

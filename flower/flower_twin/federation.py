@@ -22,12 +22,16 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
+from typing import TextIO
 
+from fl_tutorial.core import partition
+from fl_tutorial.core.relay import Relay
 from flower_twin import config, credentials
 from flower_twin.processes import Processes, free_port, wait_for_port
-from fl_tutorial.relay import Relay
 
-def _scripts_folder():
+
+def _scripts_folder() -> str:
     """Where this Python's `flwr`, `flower-superlink` ... are: a venv's bin, or /usr/local/bin (Colab)."""
     folder = sysconfig.get_path("scripts")
     if not os.path.exists(os.path.join(folder, "flwr")) and shutil.which("flwr"):
@@ -55,7 +59,8 @@ class FederationError(RuntimeError):
 class LocalFederation:
     """Context manager: a SuperLink (and, for deployment, SuperNodes) of this run; run() runs the app on it."""
 
-    def __init__(self, engine, num_clients, client_data_dirs=None, count_bytes=False):
+    def __init__(self, engine: str, num_clients: int, client_data_dirs: list[str] | None = None,
+                 count_bytes: bool = False) -> None:
         self.engine, self.num_clients = engine, num_clients
         self.client_data_dirs = client_data_dirs
         self.relay = None
@@ -67,7 +72,7 @@ class LocalFederation:
         self.procs = Processes(self.folder, env)
         self.ca = None
 
-    def __enter__(self):
+    def __enter__(self) -> "LocalFederation":
         try:
             self.port = self._start_superlink()
             if self.count_bytes:  # the SuperNodes reach the SuperLink through a relay that counts the bytes
@@ -80,26 +85,27 @@ class LocalFederation:
             raise
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         self.close()
         return False
 
-    def close(self):
+    def close(self) -> None:
         """Stop every process of this federation, then delete its folder (keys, logs)."""
         self.procs.stop()
         if self.relay:
             self.relay.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def flwr(self, *args):
+    def flwr(self, *args: str) -> str:
         """A `flwr` command against this run's SuperLink; returns its output (FederationError if it fails)."""
         done = subprocess.run([os.path.join(BIN, "flwr"), *args], env=self.procs.env, cwd=self.folder,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
         if done.returncode != 0:
-            raise FederationError("flwr {} failed: {}".format(args[0], " | ".join(done.stdout.strip().splitlines()[-3:])))
+            said = " | ".join(done.stdout.strip().splitlines()[-3:])
+            raise FederationError(f"flwr {args[0]} failed: {said}")
         return done.stdout
 
-    def _start_superlink(self, attempts=3):
+    def _start_superlink(self, attempts: int = 3) -> int:
         """`flower-superlink` on a free port; another port if that one was taken in the meantime."""
         if self.engine == "deployment":
             self.ca = credentials.certificate_authority(self.folder)
@@ -118,27 +124,27 @@ class LocalFederation:
             self.procs.stop("superlink")
             if not any("address already in use" in line.lower() for line in self.procs.log_tail("superlink", 20)):
                 break
-        raise FederationError("the SuperLink did not start: {}".format(" | ".join(self.procs.log_tail("superlink"))))
+        raise FederationError(f"the SuperLink did not start: {' | '.join(self.procs.log_tail('superlink'))}")
 
-    def _path(self, name):
+    def _path(self, name: str) -> str:
         return os.path.join(self.folder, name)
 
-    def _write_connection(self, port):
+    def _write_connection(self, port: int) -> None:
         """$FLWR_HOME/config.toml: how `flwr` reaches this SuperLink."""
-        lines = ['[superlink]', 'default = "{}"'.format(CONNECTION), '', '[superlink.{}]'.format(CONNECTION),
-                 'address = "127.0.0.1:{}"'.format(port)]
-        lines.append('root-certificates = "{}"'.format(self._path("ca.pem")) if self.ca else "insecure = true")
+        lines = ['[superlink]', f'default = "{CONNECTION}"', '', f'[superlink.{CONNECTION}]',
+                 f'address = "127.0.0.1:{port}"']
+        lines.append(f'root-certificates = "{self._path("ca.pem")}"' if self.ca else "insecure = true")
         with open(os.path.join(self.home, "config.toml"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    def _start_supernode(self, index):
+    def _start_supernode(self, index: int) -> None:
         """Register the client's public key with the SuperLink, then start its SuperNode with the private key."""
-        name = "client{}".format(index + 1)
+        name = partition.client_name(index)
         private, public = credentials.supernode_keys(self.folder, name)
         self.flwr("supernode", "register", public, CONNECTION)
         data_dir = self.client_data_dirs[index]
-        node_config = 'partition-id={} num-partitions={} data-dir="{}"'.format(index, self.num_clients, data_dir)
-        superlink = "127.0.0.1:{}".format(self.relay.port if self.relay else self.port)
+        node_config = f'partition-id={index} num-partitions={self.num_clients} data-dir="{data_dir}"'
+        superlink = f"127.0.0.1:{self.relay.port if self.relay else self.port}"
         # The clients share this machine's cores, as simulated ones do (Ray gives each one CPU): more
         # threads than cores make every client slower (measured on 2 cores: a round took 2.25 times as long).
         threads = str(max(1, (os.cpu_count() or 1) // self.num_clients))
@@ -147,7 +153,7 @@ class LocalFederation:
                                 "--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port())],
                          OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
 
-    def run(self, app_dir, values, out=sys.stdout):
+    def run(self, app_dir: str, values: dict, out: TextIO = sys.stdout) -> dict:
         """`flwr run APP --stream --run-config VALUES` here; returns Flower's record of the run (`flwr ls`).
 
         The run's log goes to `out` as it comes, its tracebacks folded away (the
@@ -157,8 +163,8 @@ class LocalFederation:
         run_config = config.write_overrides(self._path("run-config.toml"), values)
         command = [os.path.join(BIN, "flwr"), "run", app_dir, CONNECTION, "--stream", "--run-config", run_config]
         if self.engine == "simulation":
-            command += ["--federation-config", "num-supernodes={} client-resources-num-cpus=1 "
-                        "client-resources-num-gpus=0".format(self.num_clients)]
+            command += ["--federation-config", f"num-supernodes={self.num_clients} client-resources-num-cpus=1 "
+                        "client-resources-num-gpus=0"]
         stream = subprocess.Popen(command, env=self.procs.env, cwd=self.folder, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
         run_id = []
@@ -169,8 +175,9 @@ class LocalFederation:
                 stopped = self.procs.ended()
                 if stopped:
                     name, status = next(iter(stopped.items()))
-                    raise FederationError("{} ({}) stopped during the run (exit status {}{}); the run stops here".format(
-                        name, "SuperLink" if name == "superlink" else "SuperNode", status, self._why(name)))
+                    part = "SuperLink" if name == "superlink" else "SuperNode"
+                    raise FederationError(f"{name} ({part}) stopped during the run (exit status {status}"
+                                          f"{self._why(name)}); the run stops here")
                 time.sleep(0.2)
         finally:
             if stream.poll() is None:
@@ -178,16 +185,16 @@ class LocalFederation:
                 stream.wait()
             reader.join(timeout=5)
         if not run_id:
-            raise FederationError("flwr run did not start a run (exit status {})".format(stream.returncode))
+            raise FederationError(f"flwr run did not start a run (exit status {stream.returncode})")
         return self.record(run_id[0])
 
-    def _why(self, name):
+    def _why(self, name: str) -> str:
         """What a stopped process said last about why, if anything: ': reason'."""
         reasons = [line for line in self.procs.log_tail(name, 40)
                    if line.startswith(("[code:", "[SSL")) or ("ERROR" in line and "Exit Code" not in line)]
         return ": " + reasons[-1].split("ERROR", 1)[-1].strip(" :\x1b[0m") if reasons else ""
 
-    def record(self, run_id):
+    def record(self, run_id: str) -> dict:
         """Flower's record of a run: status, details, elapsed seconds, network traffic."""
         listing = json.loads(self.flwr("list", CONNECTION, "--run-id", run_id, "--format", "json"))
         (record,) = [r for r in listing["runs"] if r["run-id"] == run_id]
@@ -198,7 +205,7 @@ class LocalFederation:
         return record
 
 
-def _relay(lines, out, run_id):
+def _relay(lines: Iterable[str], out: TextIO, run_id: list[str]) -> None:
     """Copy the run's log to `out`, folding tracebacks and the app's packaging warnings away."""
     skipping = None
     for line in lines:

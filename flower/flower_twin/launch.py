@@ -13,19 +13,21 @@ import json
 import os
 import signal
 import sys
+from types import FrameType
+from typing import Never
 
+from fl_tutorial.core import files, mnist, partition
 from flower_twin import config, processes, task
 from flower_twin.federation import FederationError, LocalFederation
-from fl_tutorial import files, mnist, partition
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="The Flower twin of federated_learning.py (FedAvg on Flower 1.42)")
     defaults = config.defaults()
     for flag, (key, kind) in config.FLAGS.items():
         extra = {"choices": config.CHOICES[key]} if key in config.CHOICES else {"type": kind}
         parser.add_argument(flag, dest=key, metavar=None if key in config.CHOICES else "VALUE",
-                            help="run config {} (default: {})".format(key, defaults[key] if defaults[key] != "" else "off"),
+                            help=f"run config {key} (default: {defaults[key] if defaults[key] != '' else 'off'})",
                             **extra)
     parser.add_argument("--strategy", choices=("fedavg",), default="fedavg",
                         help="the twin runs Federated Averaging, the script's --strategy fedavg")
@@ -40,7 +42,7 @@ def build_parser():
     return parser
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> tuple[dict, config.Settings, argparse.Namespace]:
     """The flags as a full run config (defaults filled in, paths absolute) and the parsed arguments."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -55,25 +57,27 @@ def parse_args(argv=None):
     for key in ("metrics-out", "plot", "save-model"):
         problem = values[key] and files.cannot_write(values[key])
         if problem:
-            parser.error("--{} {}: {}".format(key, values[key], problem))
+            parser.error(f"--{key} {values[key]}: {problem}")
     args.client_data_dirs = client_data_dirs(parser, args, settings)
     if args.count_bytes and args.engine != "deployment":
         parser.error("--count-bytes is for --engine deployment: simulated clients send nothing over a network")
     return values, settings, args
 
 
-def client_data_dirs(parser, args, settings):
+def client_data_dirs(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                     settings: config.Settings) -> list[str]:
     if args.client_data_dirs is None:
         return [settings.data_dir] * settings.num_clients
     if args.engine != "deployment":
         parser.error("--client-data-dirs is for --engine deployment: simulated clients share --data-dir")
     dirs = [os.path.abspath(d) for d in args.client_data_dirs.split(",")]
     if len(dirs) != settings.num_clients:
-        parser.error("--client-data-dirs names {} folder(s) for {} clients".format(len(dirs), settings.num_clients))
+        parser.error(f"--client-data-dirs names {len(dirs)} folder(s) for {settings.num_clients} clients")
     return dirs
 
 
-def check_before_starting(parser, settings, data_dirs):
+def check_before_starting(parser: argparse.ArgumentParser, settings: config.Settings,
+                          data_dirs: list[str]) -> None:
     """What would fail later fails now: the device, the data on this machine, a split that cannot be made."""
     try:
         task.pick_device(settings.device)
@@ -81,14 +85,14 @@ def check_before_starting(parser, settings, data_dirs):
             mnist.ensure_raw(data_dir)
         labels = mnist.read_idx(mnist.ensure_raw(data_dirs[0])["train-labels-idx1-ubyte"])
     except (task.DeviceError, mnist.DataError) as error:
-        sys.exit("error: {}".format(error))
+        sys.exit(f"error: {error}")
     try:
         partition.split(labels, settings.rule())
     except partition.PartitionError as error:
         parser.error(str(error))
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     values, settings, args = parse_args(argv)
     check_before_starting(build_parser(), settings, args.client_data_dirs)
     with LocalFederation(args.engine, settings.num_clients, args.client_data_dirs,
@@ -97,15 +101,14 @@ def main(argv=None):
     if settings.metrics_out and os.path.exists(settings.metrics_out):
         add_run_record(settings.metrics_out, args.engine, record)
     traffic = record.get("network-traffic", {}).get("total-bytes", 0)
-    print("Flower run {}: {} in {:.1f} s{}{}".format(
-        record["run-id"], record["status"], record["elapsed"],
-        ", {:.1f} MB of messages (Flower's count)".format(traffic / 1e6) if traffic else "",
-        ", {:.1f} MB on the wire".format(record["wire-bytes"] / 1e6) if record["wire-bytes"] else ""))
+    messages = f", {traffic / 1e6:.1f} MB of messages (Flower's count)" if traffic else ""
+    wire = f", {record['wire-bytes'] / 1e6:.1f} MB on the wire" if record["wire-bytes"] else ""
+    print(f"Flower run {record['run-id']}: {record['status']} in {record['elapsed']:.1f} s{messages}{wire}")
     if record["error"]:
-        sys.exit("error: {}".format(record["error"]))
+        sys.exit(f"error: {record['error']}")
 
 
-def add_run_record(path, engine, record):
+def add_run_record(path: str, engine: str, record: dict) -> None:
     """Flower's own record of the run (engine, seconds, bytes on the network) joins the metrics file."""
     with open(path) as f:
         data = json.load(f)
@@ -115,7 +118,7 @@ def add_run_record(path, engine, record):
     files.atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
-def _terminate(signum, frame):
+def _terminate(signum: int, frame: FrameType | None) -> Never:
     raise KeyboardInterrupt  # SIGTERM: stop the federation as Ctrl-C does
 
 
@@ -127,6 +130,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         sys.exit("Interrupted.")
     except FederationError as error:
-        sys.exit("error: {}".format(error))
+        sys.exit(f"error: {error}")
     finally:
         processes.end_descendants()

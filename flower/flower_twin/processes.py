@@ -14,21 +14,21 @@ import subprocess
 import time
 import uuid
 
-from fl_tutorial.processes import die_with_parent, log_tail
+from fl_tutorial.core.processes import die_with_parent, log_tail
 
 MARKER = "FLOWER_TWIN_RUN"
 STOP_TIMEOUT = 15  # s; Flower's SuperExec outlives its SuperNode by about 10 s
 QUIET = 2  # s without a marked process before a sweep ends: a dying Ray process may still start its agents
 
 
-def free_port():
+def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (servers here take a port number, not 0)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_for_port(port, proc, timeout):
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
     """True once 127.0.0.1:port accepts connections; False if proc ends or timeout passes first."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -43,11 +43,11 @@ def wait_for_port(port, proc, timeout):
 class Processes:
     """Started processes by name, with their logs in `folder`; stop() ends them and everything they started."""
 
-    def __init__(self, folder, env):
+    def __init__(self, folder: str, env: dict[str, str]) -> None:
         self.folder, self.procs = folder, {}
         self.env = dict(env, **{MARKER: uuid.uuid4().hex})
 
-    def start(self, name, command, **env):
+    def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen:
         """Start `command` as `name`, with the common environment plus `env`."""
         with open(self.log_path(name), "ab") as log:
             self.procs[name] = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -55,17 +55,17 @@ class Processes:
                                                 preexec_fn=die_with_parent)
         return self.procs[name]
 
-    def log_path(self, name):
+    def log_path(self, name: str) -> str:
         return os.path.join(self.folder, name + ".log")
 
-    def log_tail(self, name, lines=3):
+    def log_tail(self, name: str, lines: int = 3) -> list[str]:
         return log_tail(self.log_path(name), lines)
 
-    def ended(self):
+    def ended(self) -> dict[str, int]:
         """Names of the processes that have ended, with their exit status."""
         return {name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None}
 
-    def stop(self, name=None, sig=signal.SIGTERM):
+    def stop(self, name: str | None = None, sig: int = signal.SIGTERM) -> None:
         """Signal a process's whole session (or every process's); SIGKILL what is left after STOP_TIMEOUT."""
         names = [name] if name else list(self.procs)
         for n in names:
@@ -81,7 +81,7 @@ class Processes:
         if name is None:
             self.sweep(deadline)
 
-    def sweep(self, deadline):
+    def sweep(self, deadline: float) -> None:
         """Linux: end every process that carries this federation's marker (Ray's, in their own sessions),
         until none has been seen for QUIET seconds."""
         quiet_since = None
@@ -102,7 +102,7 @@ class Processes:
             time.sleep(0.2)
 
 
-def become_subreaper():
+def become_subreaper() -> None:
     """Linux: processes this one's descendants leave behind (Ray's agents, whose raylet is gone) become its
     children instead of init's, so that end_descendants() finds them all, marked or not."""
     try:
@@ -113,13 +113,13 @@ def become_subreaper():
         pass
 
 
-def descendants(pid=None):
+def descendants(pid: int | None = None) -> list[tuple[int, str]]:
     """Linux: (pid, state) of every live or zombie descendant of `pid` (default: this process)."""
     parents = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if entry.isdigit():
             try:
-                with open("/proc/{}/stat".format(entry)) as f:
+                with open(f"/proc/{entry}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 parents.setdefault(int(fields[1]), []).append((int(entry), fields[0]))
             except (OSError, IndexError, ValueError):
@@ -132,7 +132,7 @@ def descendants(pid=None):
     return found
 
 
-def end_descendants(timeout=STOP_TIMEOUT):
+def end_descendants(timeout: float = STOP_TIMEOUT) -> None:
     """Before the launcher exits: SIGTERM, then SIGKILL, every descendant left, and reap them, until none is left."""
     deadline = time.time() + timeout
     while True:
@@ -155,7 +155,7 @@ def end_descendants(timeout=STOP_TIMEOUT):
         time.sleep(0.2)
 
 
-def _signal_group(proc, sig):
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)  # its own session: the process group has its id
         if sig == signal.SIGTERM:
@@ -164,14 +164,14 @@ def _signal_group(proc, sig):
         pass
 
 
-def marked(value, name=MARKER):
+def marked(value: str, name: str = MARKER) -> list[int]:
     """The pids of this user's processes whose environment holds NAME=value (Linux; [] elsewhere)."""
-    needle = "{}={}".format(name, value).encode()
+    needle = f"{name}={value}".encode()
     pids = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if entry.isdigit() and int(entry) != os.getpid():
             try:
-                with open("/proc/{}/environ".format(entry), "rb") as f:
+                with open(f"/proc/{entry}/environ", "rb") as f:
                     if needle in f.read().split(b"\0"):
                         pids.append(int(entry))
             except OSError:

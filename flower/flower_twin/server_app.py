@@ -1,18 +1,19 @@
 """The ServerApp: Flower's FedAvg on SimpleCNN, the global model tested on the server after each round.
 
 It prints what the script prints (the clients' table, then `Test set: ...` after
-each round) and writes the same metrics JSON and plot (fl_tutorial/report.py),
+each round) and writes the same metrics JSON and plot (fl_tutorial/core/report.py),
 so that one reader, and `make compare`, serve both.
 """
 import time
+from collections.abc import Iterable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from fl_tutorial.core import files, mnist, partition, report
 from flower_twin import config, task
-from fl_tutorial import files, mnist, partition, report
 
 app = ServerApp()
 WAIT_FOR_CLIENTS_S = 120  # SuperNodes that are not connected by then are reported missing
@@ -37,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
     metrics = report.Metrics(settings.as_script_args(), clients, settings.metrics_out, settings.plot)
     strategy = TwinFedAvg(settings.num_clients, names)
 
-    def test_global_model(server_round, arrays):
+    def test_global_model(server_round: int, arrays: ArrayRecord) -> None:
         """Step 6 on the server: test the round's global model; record the round."""
         if server_round == 0:
             return None  # the script tests after each round only
@@ -51,16 +52,14 @@ def main(grid: Grid, context: Context) -> None:
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=settings.rounds,
                             timeout=REPLY_TIMEOUT_S, train_config=ConfigRecord({}), evaluate_fn=test_global_model)
     if settings.save_model:  # as the script saves it: atomically, or elsewhere if that fails now
-        state = result.arrays.to_torch_state_dict()
-        rescue_name = "flower-twin-model-{}.pt".format(time.strftime("%Y%m%d-%H%M%S"))
-        saved, error = files.write_or_rescue(settings.save_model, lambda f: torch.save(state, f), rescue_name)
-        if error is not None:
-            raise RunError("could not save the model to {} ({}); it is saved in {} instead.".format(
-                settings.save_model, error.strerror or error, saved))
-        print("Saved the model to {}".format(saved), flush=True)
+        try:
+            print(files.save_model(result.arrays.to_torch_state_dict(), settings.save_model, "flower-twin"),
+                  flush=True)
+        except files.Rescued as error:
+            raise RunError(str(error)) from None
 
 
-def wait_for_clients(grid, count):
+def wait_for_clients(grid: Grid, count: int) -> list[int]:
     """The node ids of `count` connected SuperNodes, or RunError after WAIT_FOR_CLIENTS_S."""
     deadline = time.time() + WAIT_FOR_CLIENTS_S
     while True:
@@ -68,12 +67,12 @@ def wait_for_clients(grid, count):
         if len(nodes) >= count:
             return nodes
         if time.time() > deadline:
-            raise RunError("num-clients={} but only {} SuperNode(s) connected within {} s".format(
-                count, len(nodes), WAIT_FOR_CLIENTS_S))
+            raise RunError(f"num-clients={count} but only {len(nodes)} SuperNode(s) connected within "
+                           f"{WAIT_FOR_CLIENTS_S} s")
         time.sleep(0.5)
 
 
-def describe_clients(grid, nodes):
+def describe_clients(grid: Grid, nodes: list[int]) -> tuple[list[dict], dict[int, str]]:
     """The script's client table: each client's name, sample count and labels, in client order."""
     replies = grid.send_and_receive([Message(RecordDict({}), dst_node_id=n, message_type=MessageType.QUERY)
                                      for n in nodes], timeout=REPLY_TIMEOUT_S)
@@ -86,12 +85,12 @@ def describe_clients(grid, nodes):
         names[reply.metadata.src_node_id] = share["client"]
     indexes = sorted(c["index"] for c in clients)
     if indexes != list(range(len(nodes))):
-        raise RunError("the SuperNodes hold partitions {}; each of 0 to {} is needed once (--node-config "
-                       "partition-id)".format(indexes, len(nodes) - 1))
+        raise RunError(f"the SuperNodes hold partitions {indexes}; each of 0 to {len(nodes) - 1} is needed once "
+                       "(--node-config partition-id)")
     return sorted(clients, key=lambda c: c.pop("index")), names
 
 
-def check_replies(replies, asked, names):
+def check_replies(replies: Iterable[Message], asked: list[int], names: dict[int, str]) -> None:
     """Any failed or missing reply ends the run with one line naming the client.
 
     A SuperNode that stops answering is reported by Flower's SuperLink, after two
@@ -103,16 +102,17 @@ def check_replies(replies, asked, names):
         if reply.has_error() and reply.metadata.src_node_id in asked:
             if reply.error.code == config.CLIENT_FAILED:  # the client said why, naming itself
                 raise RunError(reply.error.reason)
-            raise RunError("{} failed: {}".format(name_of(reply.metadata.src_node_id, names), reply.error.reason))
+            raise RunError(f"{name_of(reply.metadata.src_node_id, names)} failed: {reply.error.reason}")
     silent = [node for node in asked if node not in answered]
     if silent:
         reasons = {r.error.reason for r in replies if r.has_error()}
-        raise RunError("{} stopped answering{}; the run stops here".format(
-            ", ".join(name_of(node, names) for node in silent), ": " + " ".join(sorted(reasons)) if reasons else ""))
+        said = ": " + " ".join(sorted(reasons)) if reasons else ""
+        raise RunError(f"{', '.join(name_of(node, names) for node in silent)} stopped answering{said}; "
+                       "the run stops here")
 
 
-def name_of(node, names):
-    return "{} (SuperNode {})".format(names[node], node) if node in names else "SuperNode {}".format(node)
+def name_of(node: int, names: dict[int, str]) -> str:
+    return f"{names[node]} (SuperNode {node})" if node in names else f"SuperNode {node}"
 
 
 class TwinFedAvg(FedAvg):
@@ -121,28 +121,30 @@ class TwinFedAvg(FedAvg):
     and the replies are averaged in client order, so that a seed gives the same numbers on every run.
     """
 
-    def __init__(self, num_clients, names):
+    def __init__(self, num_clients: int, names: dict[int, str]) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_clients,
                          min_available_nodes=num_clients, train_metrics_aggr_fn=mean_train_loss)
         self.names, self.asked, self.client_losses, self.round_started = names, [], {}, time.time()
 
-    def configure_train(self, server_round, arrays, train_config, grid):
+    def configure_train(self, server_round: int, arrays: ArrayRecord, train_config: ConfigRecord,
+                        grid: Grid) -> list[Message]:
         self.round_started = time.time()
         messages = list(super().configure_train(server_round, arrays, train_config, grid))
         self.asked = [m.metadata.dst_node_id for m in messages]
         return messages
 
-    def aggregate_train(self, server_round, replies):
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         check_replies(replies, self.asked, self.names)
         replies.sort(key=lambda r: r.content["metrics"]["partition-id"])
         metrics = [r.content["metrics"] for r in replies]
-        self.client_losses = {task.client_name(int(m["partition-id"])): m["train-loss"] for m in metrics}
+        self.client_losses = {partition.client_name(int(m["partition-id"])): m["train-loss"] for m in metrics}
         return super().aggregate_train(server_round, replies)
 
 
-def mean_train_loss(records, weight_key):
+def mean_train_loss(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """The clients' training loss, weighted by their sample counts (the one metric worth averaging)."""
     weights = [r["metrics"][weight_key] for r in records]
     losses = [r["metrics"]["train-loss"] for r in records]
-    return MetricRecord({"train-loss": sum(w * l for w, l in zip(weights, losses)) / sum(weights)})
+    return MetricRecord({"train-loss": sum(w * loss for w, loss in zip(weights, losses, strict=True)) / sum(weights)})

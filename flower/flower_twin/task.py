@@ -6,36 +6,33 @@ PySyft tutorial's own code (fl_tutorial/), so the same settings give the same
 SimpleCNN and the same samples on every client.
 """
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from fl_tutorial import evaluation, mnist, partition
-from fl_tutorial.model import SimpleCNN  # noqa: F401  (re-exported: the apps build it from here)
+from fl_tutorial.core import evaluation, mnist, partition
+from fl_tutorial.core.model import SimpleCNN  # noqa: F401  (re-exported: the apps build it from here)
 
 
 class DeviceError(RuntimeError):
     """A device was asked for that this machine's torch cannot use."""
 
 
-def pick_device(name):
+def pick_device(name: str) -> torch.device:
     """auto: CUDA, then Apple's MPS, then the CPU; cpu, cuda or mps: that one, or DeviceError."""
     usable = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if usable[d]))
     if not usable[name]:
-        raise DeviceError("device {} is not available here (torch {}{}); use device \"auto\" or \"cpu\"".format(
-            name, torch.__version__, ", built without CUDA" if name == "cuda" and not torch.version.cuda else ""))
+        why = ", built without CUDA" if name == "cuda" and not torch.version.cuda else ""
+        raise DeviceError(f'device {name} is not available here (torch {torch.__version__}{why}); use device "auto" '
+                          'or "cpu"')
     return torch.device(name)
 
 
-def client_name(index):
-    """partition 0 is client1, as in the script."""
-    return "client{}".format(index + 1)
-
-
 @functools.lru_cache(maxsize=1)
-def load_share(data_dir, rule_items, index):
+def load_share(data_dir: str, rule_items: tuple, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This client's share of the training set, as the script's clients cut it: (images, labels).
 
     rule_items is Settings.rule() as a tuple of pairs (hashable, for the cache: a
@@ -44,17 +41,18 @@ def load_share(data_dir, rule_items, index):
     images, labels = mnist.load(data_dir, train=True)
     rule = dict(rule_items)
     if not 0 <= index < rule["num_clients"]:
-        raise partition.PartitionError("partition-id {} is outside 0 to {}".format(index, rule["num_clients"] - 1))
+        raise partition.PartitionError(f"partition-id {index} is outside 0 to {rule['num_clients'] - 1}")
     share = torch.from_numpy(partition.split(labels.numpy(), rule)[index])
     return images.index_select(0, share), labels.index_select(0, share)
 
 
-def round_seed(seed, server_round, index):
+def round_seed(seed: int, server_round: int, index: int) -> int:
     """The seed of one client's round: its batches and dropout, whatever process or machine runs it."""
     return (seed * 1_000_003 + server_round * 1_009 + index) % 2 ** 32
 
 
-def batches(n, batch_size, generator, max_batches=None):
+def batches(n: int, batch_size: int, generator: torch.Generator,
+            max_batches: int | None = None) -> Iterator[torch.Tensor]:
     """Index tensors of one pass over n samples, in the order of torch's RandomSampler(generator=generator)."""
     order = torch.tensor(list(torch.utils.data.RandomSampler(range(n), generator=generator)))
     for count, start in enumerate(range(0, n, batch_size)):
@@ -63,7 +61,8 @@ def batches(n, batch_size, generator, max_batches=None):
         yield order[start:start + batch_size]
 
 
-def train(model, images, labels, *, epochs, lr, batch_size, seed, device, max_batches=None):
+def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+          batch_size: int, seed: int, device: torch.device, max_batches: int | None = None) -> float:
     """Plain PyTorch SGD, as the script's clients run it; returns the mean training loss per sample."""
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)  # the order of the samples
@@ -84,8 +83,14 @@ def train(model, images, labels, *, epochs, lr, batch_size, seed, device, max_ba
     return loss_sum / max(seen, 1)
 
 
-def test(model, images, labels, batch_size, device):
-    """The script's test() (fl_tutorial/evaluation.py) on the server's test set, in slices of batch_size."""
-    slices = ((images[start:start + batch_size], labels[start:start + batch_size])
-              for start in range(0, len(labels), batch_size))
-    return evaluation.test(model.to(device), slices, len(labels), device)
+def test(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+         device: torch.device) -> tuple[float, float, list[float]]:
+    """The script's test() on the server's test set, in slices of batch_size: the same sums and the same
+    `Test set:` line (fl_tutorial/core/evaluation.py). Returns loss, accuracy, per-class accuracy."""
+    model.to(device).eval()
+    score = evaluation.Score()
+    with torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            data, target = images[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+            score.add(model(data), target)
+    return score.report()

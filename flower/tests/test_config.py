@@ -1,8 +1,9 @@
 """The twin's flags and run config: the script's meanings and checks, one clear message for a bad value."""
 import pytest
 
-from conftest import assert_one_clear_error, launch
-from flower_twin import config, launch as launcher
+from flower_twin import config
+from flower_twin import launch as launcher
+from twin_helpers import assert_one_clear_error, launch
 
 
 def run_config(**changes):
@@ -16,7 +17,8 @@ def test_the_defaults_are_the_comparisons_default():
     assert (settings.num_clients, settings.rounds, settings.local_epochs, settings.partition, settings.seed) == (
         2, 1, 1, "iid", 1)
     assert (settings.lr, settings.batch_size, settings.dropout, settings.data_dir) == (0.01, 64, 0.1, "./data")
-    assert settings.shards_per_client is settings.dirichlet_alpha is settings.max_batches is settings.metrics_out is None
+    assert settings.shards_per_client is settings.dirichlet_alpha is settings.max_batches is None
+    assert settings.metrics_out is None
 
 
 def test_noniid_deals_two_shards_unless_told_otherwise():
@@ -72,6 +74,7 @@ def test_bad_flags_are_usage_errors(capsys, flags, complaint):
     assert complaint in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, words", [
     (["--num-clients", "700"], ["--num-clients 700: more clients than the 640 training samples"]),
     (["--partition", "noniid", "--shards-per-client", "400"], ["--shards-per-client 400"]),
@@ -84,6 +87,7 @@ def test_what_would_fail_later_fails_before_any_process_starts(mnist_dir, flags,
     assert "SuperLink" not in result.stdout
 
 
+@pytest.mark.slow
 def test_missing_data_says_where_to_put_it(tmp_path):
     # Nothing listens on port 9 of 127.0.0.1: the download fails at once, as it does offline.
     result = launch("--data-dir", str(tmp_path / "empty"), env={"MNIST_MIRRORS": "http://127.0.0.1:9/"}, timeout=120)

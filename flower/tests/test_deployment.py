@@ -14,14 +14,23 @@ import time
 
 import pytest
 
-from conftest import assert_one_clear_error, is_loopback_or_unbound, launch, sockets_of_this_test, start_launcher
-from fake_mnist import write_mnist
 from flower_twin import config, credentials, processes
 from flower_twin.federation import CONNECTION, LocalFederation
+from twin_helpers import (
+    assert_one_clear_error,
+    is_loopback_or_unbound,
+    launch,
+    sockets_of_this_test,
+    start_launcher,
+    write_mnist,
+)
+
+pytestmark = pytest.mark.slow  # make test-all: real SuperLinks and SuperNodes, attacks and failures
 
 
 def test_each_supernode_trains_on_its_own_folder_over_tls_with_authenticated_nodes(mnist_dir, tmp_path):
-    own = [write_mnist(tmp_path / "client1", n_train=300, seed=5), write_mnist(tmp_path / "client2", n_train=300, seed=9)]
+    own = [write_mnist(tmp_path / "client1", n_train=300, seed=5),
+           write_mnist(tmp_path / "client2", n_train=300, seed=9)]
     metrics = str(tmp_path / "metrics.json")
     result = launch("--engine", "deployment", "--data-dir", mnist_dir, "--client-data-dirs", ",".join(own),
                     "--max-batches", "2", "--metrics-out", metrics)
@@ -43,7 +52,7 @@ def federation(mnist_dir):
 
 
 def start_supernode(fed, name, private_key, ca, *extra):
-    return fed.procs.start(name, ["flower-supernode", "--superlink", "127.0.0.1:{}".format(fed.port),
+    return fed.procs.start(name, ["flower-supernode", "--superlink", f"127.0.0.1:{fed.port}",
                                   "--root-certificates", ca, "--auth-supernode-private-key", private_key,
                                   "--node-config", "partition-id=0 num-partitions=1", "--max-retries", "2",
                                   "--port", str(processes.free_port()), *extra])
@@ -84,7 +93,7 @@ def test_the_superlink_speaks_no_plain_http(federation):
     private, public = credentials.supernode_keys(federation.folder, "plain")
     federation.flwr("supernode", "register", public, CONNECTION)
     plain = federation.procs.start("plain", ["flower-supernode", "--insecure", "--superlink",
-                                             "127.0.0.1:{}".format(federation.port), "--auth-supernode-private-key",
+                                             f"127.0.0.1:{federation.port}", "--auth-supernode-private-key",
                                              private, "--node-config", "partition-id=0 num-partitions=1",
                                              "--max-retries", "2", "--port", str(processes.free_port())])
     assert wait_for_exit(plain) not in (None, 0)
@@ -121,13 +130,14 @@ def supernode_pid(launcher, name):
     index = int(name[len("client"):]) - 1
     for pid in processes.marked(os.environ["FLOWER_TWIN_TEST"], "FLOWER_TWIN_TEST"):
         try:
-            with open("/proc/{}/cmdline".format(pid), "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().split(b"\0")
         except OSError:
             continue
-        if any(part.endswith(b"flower-supernode") for part in cmd) and b"partition-id=%d " % index in b" ".join(cmd) + b" ":
+        supernode = any(part.endswith(b"flower-supernode") for part in cmd)
+        if supernode and b"partition-id=%d " % index in b" ".join(cmd) + b" ":
             return pid
-    raise AssertionError("no SuperNode {} found".format(name))
+    raise AssertionError(f"no SuperNode {name} found")
 
 
 @pytest.mark.parametrize("how", ["killed", "frozen"])

@@ -1,11 +1,12 @@
 """The twin's environment: every package pinned with ==, the app's dependencies agreeing with the lock file."""
 import os
 import re
+import subprocess
 import sys
 import tomllib
 from importlib import metadata
 
-from conftest import ROOT
+from twin_helpers import ROOT
 
 LOCK = os.path.join(ROOT, "flower", "requirements.txt")
 PIN = re.compile(r'^([A-Za-z0-9_.\-]+)(\[[a-z,]+\])?==([A-Za-z0-9_.+\-]+)(; platform_system == "Linux")?$')
@@ -62,3 +63,16 @@ def test_this_environment_is_the_lock_file():
             continue
         assert installed.get(package) == version, package
     assert sys.version_info >= (3, 11)
+
+
+def test_the_twin_holds_only_the_tutorials_syft_free_core(tmp_path):
+    # A fresh interpreter of .venv-flower, isolated from this project's folder and PYTHONPATH: what Flower's
+    # processes import. The core is there; syft's layers, which need Python 3.8 and torch 1.4, are not.
+    code = ("import importlib.util as u, sys; "
+            "print(u.find_spec('fl_tutorial.core.model').origin); "
+            "print([p for p in ('pysyft', 'privacy', 'remote', 'experiment', 'worker') "
+            "if u.find_spec('fl_tutorial.' + p)])")
+    done = subprocess.run([sys.executable, "-I", "-c", code], cwd=str(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    core, others = done.stdout.splitlines()
+    assert core.endswith(os.path.join("fl_tutorial", "core", "model.py")) and others == "[]"

@@ -10,9 +10,9 @@ import subprocess
 import pytest
 import torch
 
-from conftest import PYSYFT_PYTHON, ROOT, launch
+from fl_tutorial.core import mnist
 from flower_twin import task
-from fl_tutorial import mnist
+from twin_helpers import PYSYFT_PYTHON, ROOT, launch
 
 FLAGS = ["--strategy", "fedavg", "--partition", "noniid", "--num-clients", "3", "--seed", "4"]
 
@@ -21,7 +21,7 @@ def run_script(*args):
     if not os.path.exists(PYSYFT_PYTHON):
         pytest.fail("the PySyft environment is missing: run `make venv` (make test does)")
     return subprocess.run([PYSYFT_PYTHON, os.path.join(ROOT, "federated_learning.py"), *args], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def script_run(mnist_dir, tmp_path_factory):
         return paths["model"], json.load(f)
 
 
+@pytest.mark.slow
 def test_the_same_flags_give_each_client_the_same_samples_on_both_sides(script_run, mnist_dir, tmp_path):
     _, pysyft = script_run
     twin_metrics = str(tmp_path / "twin.json")

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import launch
+from fl_tutorial.core import mnist, partition
 from flower_twin import config, task
-from fl_tutorial import mnist, partition
+from twin_helpers import launch
 
 FLAGS = ["--num-clients", "2", "--partition", "noniid", "--dirichlet-alpha", "0.5", "--dropout", "0",
          "--local-epochs", "2", "--epochs", "2", "--lr", "0.05", "--seed", "3"]
@@ -49,7 +49,8 @@ def test_the_metrics_file_and_plot_are_the_scripts(run, mnist_dir):
     assert [e["test_accuracy"] for e in metrics["epochs"]] == accuracies
     assert last["test_accuracy"] >= 0.6  # it learns (chance is 10 %)
     config_ = metrics["config"]
-    assert (config_["strategy"], config_["num_clients"], config_["epochs"], config_["system"]) == ("fedavg", 2, 2, "flower")
+    assert (config_["strategy"], config_["num_clients"], config_["epochs"], config_["system"]) == (
+        "fedavg", 2, 2, "flower")
     labels = mnist.load(mnist_dir)[1].numpy()
     rule = config.settings(dict(config.defaults(), **{"partition": "noniid", "dirichlet-alpha": 0.5, "seed": 3})).rule()
     assert metrics["partition"] == partition.describe(labels, partition.split(labels, rule), ["client1", "client2"])
@@ -92,4 +93,5 @@ def test_a_round_is_plain_fedavg_over_plain_pytorch_clients(run, mnist_dir):
     flower = torch.load(paths["model.pt"])
     assert set(flower) == set(state)
     for key in state:
-        assert torch.allclose(flower[key], state[key], atol=1e-5, rtol=1e-4), (key, (flower[key] - state[key]).abs().max())
+        assert torch.allclose(flower[key], state[key], atol=1e-5, rtol=1e-4), (
+            key, (flower[key] - state[key]).abs().max())

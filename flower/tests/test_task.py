@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from fake_mnist import write_mnist
+from fl_tutorial.core import mnist, partition
 from flower_twin import config, task
-from fl_tutorial import mnist, partition
+from twin_helpers import write_mnist
 
 
 def test_simplecnn_is_the_scripts_with_1715594_parameters():
     model = task.SimpleCNN()
     assert sum(p.numel() for p in model.parameters()) == 1_715_594
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
-    assert type(model).__module__ == "fl_tutorial.model"  # the one class federated_learning.py imports
+    assert type(model).__module__ == "fl_tutorial.core.model"  # the one class federated_learning.py imports
 
 
 @pytest.mark.parametrize("changes", [
@@ -76,7 +76,7 @@ def test_devices_auto_picks_what_exists_and_a_forced_one_that_cannot_run_says_so
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert task.pick_device("auto").type == "cpu"
     for name in ("cuda", "mps"):
-        with pytest.raises(task.DeviceError, match="device {} is not available here".format(name)):
+        with pytest.raises(task.DeviceError, match=f"device {name} is not available here"):
             task.pick_device(name)
 
 

@@ -1,0 +1,71 @@
+"""How a run ends when it cannot go on: one line and exit status 1, never a traceback, wherever Ctrl-C lands.
+
+- Ctrl-C: "Interrupted.", from the first import on. The interrupt is Interrupted,
+  a SystemExit, so that it ends the program quietly even while a module is still
+  being imported; every `finally` and context manager on the way out still runs.
+  Inside an object's `__del__`, which is where a syft 0.2.6 pointer asks its client
+  to delete what it points to, Python would only print "Exception ignored", go on,
+  and leave that client's connection with half a message written: so while a
+  `__del__` runs, the interrupt waits, and comes again a moment later, once the
+  finalizer has returned.
+- A failure that the run foresees (a client lost or refusing, a message this side
+  refuses, an average that cannot be made, a model saved elsewhere): "error: ...".
+
+What the run has finished stays (the metrics file is written after every epoch);
+its context managers stop every client process it started on the way out.
+"""
+import signal
+import sys
+
+from fl_tutorial.core.files import Rescued
+from fl_tutorial.privacy.aggregation import AggregationError
+from fl_tutorial.pysyft.owners import ClientError
+from fl_tutorial.pysyft.wire import Refused
+
+FORESEEN = (ClientError, AggregationError, Refused, Rescued)
+AGAIN_AFTER_S = 0.05  # an interrupt that landed in a finalizer comes again this much later
+
+
+class Interrupted(SystemExit):
+    """Ctrl-C: the program ends with "Interrupted." and exit status 1."""
+
+    def __init__(self):
+        super().__init__("Interrupted.")
+
+
+def run(main, *args):
+    """main(*args) as a program: Ctrl-C and the foreseen failures end it in one line, exit status 1."""
+    catch_interrupts()
+    try:
+        return main(*args)
+    except KeyboardInterrupt:  # one that came another way (a test's, a library's own)
+        sys.exit("Interrupted.")
+    except FORESEEN as error:
+        sys.exit("error: {}".format(error))
+
+
+def catch_interrupts():
+    """From now on Ctrl-C raises Interrupted, never in a finalizer; unless Ctrl-C is ignored (a background job)."""
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, interrupt):
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGALRM, interrupt)  # the interrupt again, once a finalizer has returned
+
+
+def interrupt(signum, frame):
+    """Ctrl-C: Interrupted, unless it lands in a finalizer; then it comes again (SIGALRM) a moment later.
+
+    A timer signal, not a thread: a handler may run while the main thread holds threading's own locks.
+    """
+    if in_finalizer(frame):
+        signal.setitimer(signal.ITIMER_REAL, AGAIN_AFTER_S)
+        return
+    raise Interrupted()
+
+
+def in_finalizer(frame):
+    """True if `frame`, or a frame that called it, is an object's __del__."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
