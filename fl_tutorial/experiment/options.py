@@ -193,7 +193,7 @@ def _filled_in(args):
         problem = path and files.cannot_write(path)
         if problem:
             raise Unworkable("{} {}: {}".format(flag, path, problem))
-    _aggregation(args, **filled)
+    _aggregation(args, filled["num_clients"], filled["train_on"])
     _dp(args, filled["train_on"])
     if args.aggregator and not (args.connect and args.aggregation == "trusted"):
         raise Unworkable("--aggregator is for --aggregation trusted with --connect (this run starts its own otherwise)")
@@ -237,7 +237,7 @@ def _workers(args):
     return {"num_clients": num_clients, "data_from": data_from, "train_on": train_on}
 
 
-def _aggregation(args, num_clients, train_on, **unused):
+def _aggregation(args, num_clients, train_on):
     """--aggregation trusted|secure: FedAvg's, and across processes each client shares what it trained itself."""
     if args.aggregation == "server":
         return
