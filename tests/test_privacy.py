@@ -349,9 +349,11 @@ def test_dp_fedavg_with_no_noise_and_a_huge_bound_is_fedavg(mnist_dir, tmp_path)
 
 @pytest.mark.slow
 def test_a_dp_run_prints_epsilon_every_round_and_records_it(mnist_dir, tmp_path):
+    # epsilon depends on the noise multiplier alone; a bound this small keeps 3 rounds of noise from making the
+    # weights non-finite on any CPU (at 0.5 they overflowed on some)
     metrics, plot = tmp_path / "m.json", tmp_path / "p.png"
     result = run_script("--strategy", "fedavg", "--train-on", "client", "--num-clients", "4", "--clients-per-round",
-                        "2", "--epochs", "3", "--dp-clip", "0.5", "--dp-noise", "1.5", "--data-dir", mnist_dir,
+                        "2", "--epochs", "3", "--dp-clip", "0.001", "--dp-noise", "1.5", "--data-dir", mnist_dir,
                         "--metrics-out", str(metrics), "--plot", str(plot), *FAST)
     assert result.returncode == 0, result.stderr
     data = json.load(open(str(metrics)))
@@ -379,7 +381,9 @@ def test_secure_aggregation_across_processes_with_dp_noise_added_by_the_clients(
     (["--strategy", "fedavg", "--train-on", "client", "--dp-noise", "1"], "--dp-noise needs --dp-clip"),
     (["--strategy", "fedavg", "--train-on", "client", "--dp-delta", "1e-6"], "--dp-delta needs --dp-clip"),
     (["--dp-clip", "1"], "use --strategy fedavg"),
-    (["--strategy", "fedavg", "--dp-clip", "1"], "use --train-on client"),
+    (["--strategy", "fedavg", "--dp-clip", "1", "--train-on", "coordinator"], "leave out --train-on coordinator"),
+    (["--strategy", "fedavg", "--dp-clip", "1", "--data-from", "server", "--workers", "websocket"],
+     "leave out --data-from server"),
     (["--strategy", "fedavg", "--train-on", "client", "--dp-clip", "0"], "must be > 0"),
     (["--strategy", "fedavg", "--train-on", "client", "--dp-clip", "1", "--dp-delta", "1"], "must be below 1"),
     (["--workers", "websocket", "--strategy", "fedavg", "--aggregation", "secure", "--train-on", "coordinator"],
@@ -391,6 +395,14 @@ def test_secure_aggregation_across_processes_with_dp_noise_added_by_the_clients(
 ])
 def test_impossible_privacy_settings_get_the_usage_error(capsys, flags, complaint):
     assert_usage_error(capsys, flags, complaint)
+
+
+@pytest.mark.parametrize("workers", ["virtual", "websocket"])
+def test_dp_without_train_on_trains_on_the_clients(workers):
+    settings = parse(["--strategy", "fedavg", "--dp-clip", "1", "--dp-noise", "1.1", "--workers", workers])
+    assert settings.train_on == "client"
+    assert parse(["--strategy", "fedavg", "--workers", workers]).train_on == (
+        "client" if workers == "websocket" else "coordinator")
 
 
 def test_the_privacy_table_runs_valid_flags_and_reports_a_diverged_run():

@@ -57,8 +57,8 @@ def add_flags(parser):
                                   "sharing, only the sum is decoded (Part 10)")
     privacy = parser.add_argument_group("differentially private FedAvg (README, \"Privacy\")")
     privacy.add_argument("--dp-clip", type=positive_float, metavar="C",
-                         help="fedavg with --train-on client: each client clips its update (its weights minus the "
-                              "round's) to L2 norm C; epsilon is printed after every round")
+                         help="fedavg: each client trains (--train-on client, the default with it) and clips its "
+                              "update (its weights minus the round's) to L2 norm C; epsilon is printed every round")
     privacy.add_argument("--dp-noise", type=non_negative_float, metavar="Z",
                          help="with --dp-clip: Gaussian noise of std Z*C/m on the average of the m updates (by the "
                               "server, or with secure|trusted by the clients, each its part) (default: 0)")
@@ -228,7 +228,9 @@ def _workers(args):
             "--data-from server" if args.data_from == "server" else "--sync every-batch"))
     data_from = args.data_from or ("clients" if args.workers == "websocket" else "server")
     fedavg_on_owners = args.workers == "websocket" and args.strategy == "fedavg" and data_from == "clients"
-    train_on = args.train_on or ("client" if fedavg_on_owners and args.sync == "per-visit" else "coordinator")
+    dp_on_owners = args.dp_clip is not None and args.data_from != "server"  # DP-FedAvg: each client clips its own
+    train_on = args.train_on or ("client" if (fedavg_on_owners or dp_on_owners) and args.sync == "per-visit"
+                                 else "coordinator")
     train_only = train_on == "client" and args.workers == "websocket" and not args.connect
     if train_only and args.batch_size != "full" and args.batch_size < MIN_BATCH_TRAIN_ONLY:
         raise Unworkable("--batch-size {}: the clients this run starts are train-only data owners, which train on "
@@ -247,6 +249,9 @@ def _aggregation(args, num_clients, train_on):
         raise Unworkable("--aggregation {} across processes: each client shares the update it trained itself; "
                          "leave out --train-on coordinator (and --data-from server, --sync every-batch)".format(
                              args.aggregation))
+    if args.workers == "virtual" and args.dp_clip is not None:
+        raise Unworkable("--aggregation {} with --dp-clip needs clients that clip and share their own updates: use "
+                         "--workers websocket".format(args.aggregation))
     if args.workers == "virtual" and train_on == "client":
         raise Unworkable("--aggregation {} with VirtualWorkers keeps the copies on the clients, but with --train-on "
                          "client each client sends its weights back: use --train-on coordinator, or --workers "
@@ -269,4 +274,7 @@ def _dp(args, train_on):
         raise Unworkable("--dp-clip is DP-FedAvg: use --strategy fedavg (the course's sequential loop has no round "
                          "to clip and noise)")
     if train_on != "client":
-        raise Unworkable("--dp-clip: each client clips its own update, so it must train itself: use --train-on client")
+        given = [flag for flag, value in (("--train-on coordinator", args.train_on), ("--data-from server",
+                 args.data_from == "server"), ("--sync every-batch", args.sync == "every-batch")) if value]
+        raise Unworkable("--dp-clip: each client clips its own update, so it must train itself: leave out {}".format(
+            " and ".join(given)))
