@@ -11,6 +11,7 @@
 #   make experiments DATA=./data             the experiments table (~40 min)
 #   make aggregation-experiments DATA=./data the aggregation table (~15 min)
 #   make fedavg-paper DATA=./data            the FedAvg paper's Table 2, a subset (about an hour)
+#   make fedavg-paper SYSTEM=flower DATA=./data   the same on the Flower twin
 #   make privacy-table DATA=./data           DP-FedAvg: accuracy against epsilon (~20 min)
 #   make notebook                            Jupyter on federated_learning.ipynb
 #   make notebook NOTEBOOK=../PySyft/examples/tutorials   Jupyter on another notebook or folder
@@ -127,8 +128,10 @@ aggregation-experiments: venv  ## the aggregation table on the MNIST in DATA (~1
 
 # A subset of the FedAvg paper's Table 2 (docs/experiments.md, "The FedAvg paper"): 100 clients, 10 a round,
 # one run per core; results/fedavg-paper/table.md beside the paper's rounds, and accuracy.png.
-fedavg-paper: venv  ## a subset of the FedAvg paper's Table 2 on the MNIST in DATA (docs/experiments.md)
-	$(PYTHON) tools/fedavg_paper.py --data-dir $(DATA) $(ARGS)
+# SYSTEM=flower: the same runs on the Flower twin (flower/README.md), one at a time.
+SYSTEM ?= pysyft
+fedavg-paper: venv $(if $(filter flower,$(SYSTEM)),flower-venv)  ## the FedAvg paper's Table 2, a subset (SYSTEM=flower: the twin)
+	$(PYTHON) tools/fedavg_paper.py --data-dir $(DATA) --system $(SYSTEM) $(ARGS)
 
 fedavg-paper-lr: venv  ## the learning-rate search behind make fedavg-paper (~10 min on 2 cores)
 	$(PYTHON) tools/fedavg_paper.py --data-dir $(DATA) --search $(ARGS)

@@ -8,9 +8,8 @@ import time
 import pytest
 import torch
 
-from fl_tutorial.core import files
+from fl_tutorial.core import files, memory
 from fl_tutorial.core.model import SimpleCNN
-from fl_tutorial.pysyft import memory
 from helpers import ROOT, SCRIPT, assert_clean_exit, run_script
 
 QUICK = ["--max-batches", "2", "--log-interval", "1000", "--lr", "0.05"]

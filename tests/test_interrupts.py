@@ -34,7 +34,7 @@ def interrupted(mnist_dir, tmp_path, flags, after_training_began=None, after_sta
     metrics = str(tmp_path / "metrics-{}.json".format(time.time()))
     proc = coordinator("--data-dir", mnist_dir, "--epochs", "1000", "--lr", "0.05", "--log-interval", "1",
                        "--metrics-out", metrics, *flags)
-    lines, training = [], threading.Event()
+    lines, errors, training = [], [], threading.Event()
 
     def read():
         for line in proc.stdout:
@@ -42,8 +42,10 @@ def interrupted(mnist_dir, tmp_path, flags, after_training_began=None, after_sta
             if line.startswith("Train "):
                 training.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    readers = [threading.Thread(target=read, daemon=True),
+               threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
         if after_start is not None:
             time.sleep(after_start)
@@ -51,9 +53,13 @@ def interrupted(mnist_dir, tmp_path, flags, after_training_began=None, after_sta
             assert training.wait(180), "training did not begin: " + "".join(lines)[-2000:]
             time.sleep(after_training_began)
         proc.send_signal(signal.SIGINT)
-        err = proc.stderr.read()
-        proc.wait(timeout=60)
-        reader.join(timeout=10)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run went on for 60 s after Ctrl-C: " + "".join(lines)[-2000:])
+        for reader in readers:
+            reader.join(timeout=10)
+        err = "".join(errors)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -116,3 +122,38 @@ def test_an_interrupt_that_lands_in_a_finalizer_waits_until_it_returns(tmp_path)
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     assert (done.returncode, done.stderr) == (1, "Interrupted.\n")
     assert done.stdout == "the finalizer finished its message\n" and time.time() - started < 8
+
+
+def test_an_interrupt_that_syft_swallows_comes_again_and_cleanup_is_not_disturbed(tmp_path):
+    # syft 0.2.6's hooked tensor methods retry after `except BaseException` (and it has bare `except:` clauses):
+    # a Ctrl-C landing there is swallowed, and training went on. It comes again until the program has ended,
+    # but never into the cleanup that an interrupt on its way out runs.
+    code = textwrap.dedent("""
+        import signal, sys, time
+        sys.path.insert(0, {root!r})
+        from fl_tutorial.pysyft import exits
+
+        def hooked_method():
+            try:
+                signal.raise_signal(signal.SIGINT)  # Ctrl-C, inside syft's try
+            except BaseException:
+                pass  # "if there's a type mismatch, try to fix it!"
+
+        def main():
+            try:
+                hooked_method()
+                print("the exception was swallowed", flush=True)
+                for _ in range(200):
+                    time.sleep(0.05)  # training goes on
+                print("the run went on", flush=True)
+            finally:
+                time.sleep(0.5)  # stopping the clients, while the interrupt's timer would tick
+                print("the cleanup finished", flush=True)
+
+        exits.run(main)
+    """).format(root=ROOT)
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert (done.returncode, done.stderr) == (1, "Interrupted.\n")
+    assert done.stdout == "the exception was swallowed\nthe cleanup finished\n" and time.time() - started < 8

@@ -2,11 +2,13 @@
 
     python tools/fedavg_paper.py --data-dir DIR [--jobs 2] [--only iid-e5-b10,...] [--max-rounds-scale 0.5]
     python tools/fedavg_paper.py --data-dir DIR --search      the learning-rate search behind LR below
+    python tools/fedavg_paper.py --data-dir DIR --system flower   the same runs on the Flower twin
 
 As in the paper: 100 clients, 10 of them drawn each round (C = 0.1), IID shares
 of 600 samples or two label shards of 300 (pathological non-IID), no dropout,
 test after every round, rounds counted until the test accuracy first reaches
-99% (and 97%). Each run is federated_learning.py with --metrics-out, one core
+99% (and 97%). Each run is federated_learning.py (or, with --system flower,
+the Flower twin's launcher with the same flags) with --metrics-out, one core
 each, --jobs at a time; results/fedavg-paper/ gets their JSON, logs and plots,
 table.md (beside the paper's numbers) and accuracy.png. A run stops at 99% or
 at its round limit (this machine's budget, not the paper's), and then says
@@ -40,6 +42,10 @@ RUNS = {
     "e1-b10-prox": ("e1-b10", 1, "10", 1.0, (None, 8)),
     "fedsgd": ("fedsgd", 1, "full", 0.0, (15, 15)),
 }
+SYSTEMS = {"pysyft": "PySyft 0.2.6 (federated_learning.py, VirtualWorkers training themselves)",
+           "flower": "Flower 1.42 (the twin, simulation engine)"}
+FLOWER_PYTHON = os.path.join(HERE, ".venv-flower", "bin", "python")  # make fedavg-paper SYSTEM=flower builds it
+SCRIPT_ONLY = ("--train-on", "--log-interval")  # the twin's clients always train themselves, and log no batches
 FEDSGD_TEST_EVERY = 5  # a FedSGD round is one step: its test would cost as much as its training
 TARGETS = (0.99, 0.97)
 
@@ -57,11 +63,22 @@ def runs(partitions=("iid", "noniid")):
             yield "{}-{}".format(partition, name), flags, "fedsgd" if batch == "full" else "b10"
 
 
+def command(system, flags):
+    """The command of one run with these flags: the script, or the twin's launcher without the script's own."""
+    if system == "pysyft":
+        return [sys.executable, os.path.join(HERE, "federated_learning.py"), *COMMON, *flags]
+    twin_flags, given = [], COMMON + flags
+    for at in range(0, len(given), 2):  # every flag here takes one value
+        if given[at] not in SCRIPT_ONLY:
+            twin_flags += given[at:at + 2]
+    return [FLOWER_PYTHON, "-m", "flower_twin.launch", *twin_flags]
+
+
 def run(args, name, flags, lr):
-    """One run of federated_learning.py on one core; returns its metrics."""
+    """One run on one core; returns its metrics."""
     out = os.path.join(args.out, name)
-    cmd = [sys.executable, os.path.join(HERE, "federated_learning.py"), "--data-dir", args.data_dir, "--lr", str(lr),
-           *COMMON, *flags, "--metrics-out", out + ".json", "--plot", out + ".png"]
+    cmd = command(args.system, ["--data-dir", args.data_dir, "--lr", str(lr), *flags, "--metrics-out", out + ".json",
+                                "--plot", out + ".png"])
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # a core each: --jobs runs side by side
     print("started  {}: lr {} {}".format(name, lr, " ".join(flags)), flush=True)
     start = time.time()
@@ -109,9 +126,10 @@ def speedup(rounds, fedsgd, target):
     return "{:.1f}x".format(base / rounds) if base else "> {:.1f}x".format(len(fedsgd["epochs"]) / rounds)
 
 
-def table(results):
-    """Markdown: each run beside the paper's rounds to 99%."""
-    lines = ["| run | E | B | FedProx mu | lr | rounds to 99% | paper (CNN) | rounds to 97% | speed-up over FedSGD "
+def table(results, system="pysyft"):
+    """Markdown: each run beside the paper's rounds to 99%, under the name of the system that ran them."""
+    lines = ["System: {}".format(SYSTEMS[system]), "",
+             "| run | E | B | FedProx mu | lr | rounds to 99% | paper (CNN) | rounds to 97% | speed-up over FedSGD "
              "(99% / 97%) | best accuracy (round) | rounds run | time |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for partition in ("iid", "noniid"):
@@ -180,23 +198,33 @@ def search(args, jobs):
     return "\n".join(lines)
 
 
-def runs_parser(description, out):
-    """The flags every table of runs takes: --data-dir, --out (default `out`), --jobs."""
+CORES = os.cpu_count() or 1
+
+
+def runs_parser(description, out, jobs=CORES):
+    """The flags every table of runs takes: --data-dir, --out (default `out`), --jobs (default `jobs`)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw (default: ./data)")
     parser.add_argument("--out", default=out, help="where the runs go (default: %(default)s)")
-    parser.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
+    parser.add_argument("--jobs", type=positive_int, default=jobs,
                         help="runs at a time, one core each (default: this machine's cores)")
     return parser
 
 
 def main():
-    parser = runs_parser(__doc__.splitlines()[0], "results/fedavg-paper")
+    parser = runs_parser(__doc__.splitlines()[0], "results/fedavg-paper", jobs=None)
     parser.add_argument("--only", help="comma-separated run names (iid-e5-b10, noniid-fedsgd, ...)")
     parser.add_argument("--max-rounds-scale", type=positive_float, default=1.0,
                         help="multiply every round limit (a quick look: 0.1)")
     parser.add_argument("--search", action="store_true", help="the learning-rate search instead of the table")
+    parser.add_argument("--system", choices=sorted(SYSTEMS), default="pysyft",
+                        help="pysyft: federated_learning.py (default); flower: the Flower twin (make fedavg-paper "
+                             "SYSTEM=flower), one run at a time unless --jobs says otherwise")
     args = parser.parse_args()
+    if args.system == "flower" and not os.path.exists(FLOWER_PYTHON):
+        parser.error("--system flower needs the twin's environment: run `make flower-venv`")
+    if args.jobs is None:  # Ray spreads one simulation over every core
+        args.jobs = 1 if args.system == "flower" else CORES
     os.makedirs(args.out, exist_ok=True)
     chosen = search_jobs() if args.search else list(runs())
     names = [name for name, _, _ in chosen]
@@ -220,7 +248,7 @@ def main():
     start = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip([name for name, _, _ in scaled], pool.map(lambda job: run(args, *job), scaled)))
-    result = table(results)
+    result = table(results, args.system)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(result + "\n")
     plot(results, os.path.join(args.out, "accuracy.png"))

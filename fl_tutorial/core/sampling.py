@@ -7,7 +7,19 @@ never shifts torch's random numbers (shuffling, dropout) nor the partition's.
 """
 import numpy as np
 
+from fl_tutorial.core.partition import flag
+
 STREAM = 0x5A3  # mixed into the seed: the partition draws from RandomState(seed) too, and must not share draws
+
+
+def problem(per_round, num_clients, spell=flag):
+    """None if `per_round` clients a round (None: all) can be drawn from `num_clients`, else the message.
+
+    The script and the Flower twin both ask this; `spell` writes the setting their way (partition.rule's).
+    """
+    if per_round is not None and per_round > num_clients:
+        return "{}: there are only {} clients".format(spell("clients-per-round", per_round), num_clients)
+    return None
 
 
 class ClientSampler:

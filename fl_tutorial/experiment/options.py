@@ -9,7 +9,7 @@ in the defaults that depend on other flags (--num-clients, --shards-per-client,
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple, Union
 
-from fl_tutorial.core import files, partition
+from fl_tutorial.core import files, partition, sampling
 from fl_tutorial.core.cli import (
     fraction,
     non_negative_float,
@@ -200,9 +200,9 @@ def _filled_in(args):
     if args.connect and args.aggregation == "trusted" and not args.aggregator:
         raise Unworkable("--aggregation trusted with --connect: give --aggregator HOST:PORT, where "
                          "python -m fl_tutorial.worker --id aggregator --aggregator runs")
-    if args.clients_per_round and args.clients_per_round > filled["num_clients"]:
-        raise Unworkable("--clients-per-round {}: there are only {} clients".format(args.clients_per_round,
-                                                                                 filled["num_clients"]))
+    problem = sampling.problem(args.clients_per_round, filled["num_clients"])
+    if problem:
+        raise Unworkable(problem)
     return filled
 
 

@@ -7,9 +7,8 @@ weighed against the memory there is. Each problem is one message.
 """
 import sys
 
-from fl_tutorial.core import mnist, partition
+from fl_tutorial.core import memory, mnist, partition
 from fl_tutorial.core.model import SimpleCNN
-from fl_tutorial.pysyft import memory
 
 
 def check_it_fits(settings, usage_error):
@@ -39,13 +38,10 @@ def check_it_fits(settings, usage_error):
 
 def train_batch(settings, largest_share):
     """The training batch size: --batch-size, or with --batch-size full the largest share (FedSGD)."""
-    return largest_share if settings.batch_size == "full" else settings.batch_size
+    return memory.train_batch(settings.batch_size, largest_share)
 
 
 def batch_problem(settings, largest_share):
     """None if a training and a test batch fit in memory, else the message that says what fits."""
-    problem = memory.check(lambda: SimpleCNN(dropout=settings.dropout), train_batch(settings, largest_share),
-                           settings.test_batch_size)
-    if problem and settings.batch_size == "full":
-        return "--batch-size full: the largest share, {} samples, is one batch. {}".format(largest_share, problem)
-    return problem
+    return memory.batch_problem(lambda: SimpleCNN(dropout=settings.dropout), settings.batch_size,
+                                settings.test_batch_size, largest_share)

@@ -7,7 +7,8 @@
   to delete what it points to, Python would only print "Exception ignored", go on,
   and leave that client's connection with half a message written: so while a
   `__del__` runs, the interrupt waits, and comes again a moment later, once the
-  finalizer has returned.
+  finalizer has returned. Where syft catches every exception and goes on, the
+  interrupt comes again too, until the program has ended.
 - A failure that the run foresees (a client lost or refusing, a message this side
   refuses, an average that cannot be made, a model saved elsewhere): "error: ...".
 
@@ -36,12 +37,19 @@ class Interrupted(SystemExit):
 def run(main, *args):
     """main(*args) as a program: Ctrl-C and the foreseen failures end it in one line, exit status 1."""
     catch_interrupts()
+    _state["running"] = True
     try:
         return main(*args)
     except KeyboardInterrupt:  # one that came another way (a test's, a library's own)
         sys.exit("Interrupted.")
     except FORESEEN as error:
         sys.exit("error: {}".format(error))
+    finally:
+        _state["running"] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)  # the program is ending: no interrupt comes again
+
+
+_state = {"running": False}  # True while run() runs main: an interrupt then comes again until main has ended
 
 
 def catch_interrupts():
@@ -54,11 +62,19 @@ def catch_interrupts():
 def interrupt(signum, frame):
     """Ctrl-C: Interrupted, unless it lands in a finalizer; then it comes again (SIGALRM) a moment later.
 
-    A timer signal, not a thread: a handler may run while the main thread holds threading's own locks.
+    Inside run(), it also comes again every AGAIN_AFTER_S until main has ended, unless it is already on its
+    way out: syft 0.2.6 has `except BaseException` and bare `except:` clauses (a hooked tensor method retries
+    after any exception, say) that would otherwise swallow it, and training would go on. A timer signal, not
+    a thread: a handler may run while the main thread holds threading's own locks.
     """
+    if signum == signal.SIGINT and _state["running"]:
+        signal.setitimer(signal.ITIMER_REAL, AGAIN_AFTER_S, AGAIN_AFTER_S)
     if in_finalizer(frame):
-        signal.setitimer(signal.ITIMER_REAL, AGAIN_AFTER_S)
+        if not _state["running"]:
+            signal.setitimer(signal.ITIMER_REAL, AGAIN_AFTER_S)
         return
+    if signum == signal.SIGALRM and on_its_way_out():
+        return  # its finally clauses and context managers run undisturbed
     raise Interrupted()
 
 
@@ -68,4 +84,14 @@ def in_finalizer(frame):
         if frame.f_code.co_name == "__del__":
             return True
         frame = frame.f_back
+    return False
+
+
+def on_its_way_out():
+    """True while an interrupt propagates: it, or an exception raised while handling it, is being handled."""
+    error = sys.exc_info()[1]
+    while error is not None:
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            return True
+        error = error.__context__
     return False

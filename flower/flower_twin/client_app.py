@@ -55,10 +55,13 @@ def train(msg: Message, context: Context) -> Message:
     def work(settings: config.Settings, index: int, images: torch.Tensor, labels: torch.Tensor) -> dict:
         model = task.SimpleCNN(dropout=settings.dropout)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        server_round = int(msg.content["config"]["server-round"])
-        loss = task.train(model, images, labels, epochs=settings.local_epochs, lr=settings.lr,
-                          batch_size=settings.batch_size, seed=task.round_seed(settings.seed, server_round, index),
-                          device=task.pick_device(settings.device), max_batches=settings.max_batches)
+        round_config = msg.content["config"]
+        server_round = int(round_config["server-round"])
+        batch_size = len(labels) if settings.batch_size == "full" else settings.batch_size  # full: FedSGD
+        loss = task.train(model, images, labels, epochs=settings.local_epochs, lr=settings.lr, batch_size=batch_size,
+                          seed=task.round_seed(settings.seed, server_round, index),
+                          device=task.pick_device(settings.device), max_batches=settings.max_batches,
+                          prox_mu=float(round_config.get("proximal-mu", 0.0)))  # Flower's FedProx sends it
         metrics = {"num-examples": len(labels), "train-loss": loss, "partition-id": index}
         return {"arrays": ArrayRecord(model.cpu().state_dict()), "metrics": MetricRecord(metrics)}
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import tomli_w
 
-from fl_tutorial.core import cli, partition
+from fl_tutorial.core import cli, partition, sampling
 
 APP_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # the app, not its linked copy
 
@@ -22,8 +22,12 @@ FLAGS = {
     "--num-clients": ("num-clients", cli.positive_int),
     "--epochs": ("num-server-rounds", cli.positive_int),
     "--local-epochs": ("local-epochs", cli.positive_int),
+    "--clients-per-round": ("clients-per-round", cli.positive_int),
+    "--prox-mu": ("prox-mu", cli.non_negative_float),
+    "--target-accuracy": ("target-accuracy", cli.fraction),
+    "--test-every": ("test-every", cli.positive_int),
     "--lr": ("lr", cli.positive_float),
-    "--batch-size": ("batch-size", cli.positive_int),
+    "--batch-size": ("batch-size", cli.batch_size),
     "--test-batch-size": ("test-batch-size", cli.positive_int),
     "--seed": ("seed", cli.seed),
     "--partition": ("partition", str),
@@ -38,7 +42,8 @@ FLAGS = {
     "--device": ("device", str),
 }
 CHOICES = {"partition": ("iid", "noniid"), "device": ("auto", "cpu", "cuda", "mps")}
-OFF_WHEN_ZERO = {"shards-per-client", "dirichlet-alpha", "max-batches"}  # 0: the flag is not given
+# 0: the flag is not given
+OFF_WHEN_ZERO = {"shards-per-client", "dirichlet-alpha", "max-batches", "clients-per-round", "target-accuracy"}
 PATHS = ("data-dir", "metrics-out", "plot", "save-model")
 CLIENT_FAILED = 101  # the error code of a ClientApp's reply that says, in one line, why it cannot go on
 
@@ -52,8 +57,12 @@ class Settings:
     num_clients: int
     rounds: int
     local_epochs: int
+    clients_per_round: int | None
+    prox_mu: float
+    target_accuracy: float | None
+    test_every: int
     lr: float
-    batch_size: int
+    batch_size: int | str  # or "full": each client's whole share in one batch (FedSGD)
     test_batch_size: int
     seed: int
     partition: str
@@ -102,9 +111,14 @@ def settings(run_config: dict) -> Settings:
     except partition.PartitionError as error:
         raise ConfigError(str(error)) from None
     values["shards-per-client"] = rule["shards_per_client"]
+    problem = sampling.problem(values["clients-per-round"], values["num-clients"], spell=run_config_key)
+    if problem:
+        raise ConfigError(problem)
     return Settings(
         num_clients=values["num-clients"], rounds=values["num-server-rounds"], local_epochs=values["local-epochs"],
-        lr=values["lr"], batch_size=values["batch-size"], test_batch_size=values["test-batch-size"],
+        clients_per_round=values["clients-per-round"], prox_mu=values["prox-mu"],
+        target_accuracy=values["target-accuracy"], test_every=values["test-every"], lr=values["lr"],
+        batch_size=values["batch-size"], test_batch_size=values["test-batch-size"],
         seed=values["seed"], partition=values["partition"], shards_per_client=values["shards-per-client"],
         dirichlet_alpha=values["dirichlet-alpha"], dropout=values["dropout"], max_batches=values["max-batches"],
         data_dir=values["data-dir"], metrics_out=values["metrics-out"], plot=values["plot"],
@@ -120,6 +134,8 @@ def _value(key: str, kind: Callable[[str], object], value: object) -> object:
     """One value, checked as the script checks its flag; 0 or "" where that means 'not given'."""
     if key in OFF_WHEN_ZERO and value == 0 and not isinstance(value, bool):
         return None
+    if key == "batch-size" and value == "full":
+        return value
     if key in PATHS:
         if not isinstance(value, str) or (key == "data-dir" and not value):
             raise ConfigError(f"{key} must be a path in quotes, got {value!r}")
@@ -130,7 +146,8 @@ def _value(key: str, kind: Callable[[str], object], value: object) -> object:
             raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        either = ' or "full"' if key == "batch-size" else ""
+        raise ConfigError(f"{key} must be a number{either}, got {value!r}")
     try:
         return kind(str(value))
     except argparse.ArgumentTypeError as error:

@@ -16,7 +16,7 @@ import sys
 from types import FrameType
 from typing import Never
 
-from fl_tutorial.core import files, mnist, partition
+from fl_tutorial.core import files, memory, mnist, partition
 from flower_twin import config, processes, task
 from flower_twin.federation import FederationError, LocalFederation
 
@@ -78,7 +78,7 @@ def client_data_dirs(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 def check_before_starting(parser: argparse.ArgumentParser, settings: config.Settings,
                           data_dirs: list[str]) -> None:
-    """What would fail later fails now: the device, the data on this machine, a split that cannot be made."""
+    """What would fail later fails now: the device, the data here, a split that cannot be made, memory."""
     try:
         task.pick_device(settings.device)
         for data_dir in sorted(set(data_dirs + [settings.data_dir])):
@@ -87,9 +87,13 @@ def check_before_starting(parser: argparse.ArgumentParser, settings: config.Sett
     except (task.DeviceError, mnist.DataError) as error:
         sys.exit(f"error: {error}")
     try:
-        partition.split(labels, settings.rule())
+        largest_share = max(len(share) for share in partition.split(labels, settings.rule()))
     except partition.PartitionError as error:
         parser.error(str(error))
+    problem = memory.batch_problem(lambda: task.SimpleCNN(dropout=settings.dropout), settings.batch_size,
+                                   settings.test_batch_size, largest_share)  # the script's check
+    if problem:
+        parser.error(problem)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The ServerApp: Flower's FedAvg on SimpleCNN, the global model tested on the server after each round.
+"""The ServerApp: Flower's FedAvg (or FedProx) on SimpleCNN, the global model tested on the server.
 
 It prints what the script prints (the clients' table, then `Test set: ...` after
 each round) and writes the same metrics JSON and plot (fl_tutorial/core/report.py),
@@ -10,9 +10,9 @@ from collections.abc import Iterable
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedProx
 
-from fl_tutorial.core import files, mnist, partition, report
+from fl_tutorial.core import files, mnist, partition, report, sampling
 from flower_twin import config, task
 
 app = ServerApp()
@@ -35,28 +35,47 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(settings.seed)
     model = task.SimpleCNN(dropout=settings.dropout)  # step 3: build the model, on the server
     test_images, test_labels = mnist.load(settings.data_dir, train=False)
-    metrics = report.Metrics(settings.as_script_args(), clients, settings.metrics_out, settings.plot)
-    strategy = TwinFedAvg(settings.num_clients, names)
+    metrics = report.Metrics(settings.as_script_args(), clients, settings.metrics_out, settings.plot,
+                             settings.target_accuracy)
+    sampler = settings.clients_per_round and sampling.ClientSampler(  # the script's draws: FedAvg's C*K a round
+        partition.client_names(settings.num_clients), settings.clients_per_round, settings.seed)
+    strategy = twin_strategy(settings, names, sampler)
+    latest = ArrayRecord(model.state_dict())
 
     def test_global_model(server_round: int, arrays: ArrayRecord) -> None:
-        """Step 6 on the server: test the round's global model; record the round."""
+        """Step 6 on the server: test the round's global model (every test-every rounds, and the last); record
+        the round; the first round that reaches target-accuracy ends the run, as on the script."""
+        nonlocal latest
         if server_round == 0:
             return None  # the script tests after each round only
-        model.load_state_dict(arrays.to_torch_state_dict())
-        test_loss, accuracy, per_class = task.test(model, test_images, test_labels, settings.test_batch_size, device)
-        metrics.add({"epoch": server_round, "train_loss": strategy.client_losses, "test_loss": test_loss,
-                     "test_accuracy": accuracy, "test_accuracy_per_class": per_class,
-                     "seconds": time.time() - strategy.round_started})
+        latest = arrays
+        record = {"epoch": server_round, "train_loss": strategy.client_losses}
+        if sampler:
+            record["clients"] = strategy.chosen
+        if server_round % settings.test_every == 0 or server_round == settings.rounds:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            tested = task.test(model, test_images, test_labels, settings.test_batch_size, device)
+            record.update(zip(("test_loss", "test_accuracy", "test_accuracy_per_class"), tested, strict=True))
+        metrics.add(dict(record, seconds=time.time() - strategy.round_started))
+        if metrics.reached_target:
+            raise TargetReached
         return None
 
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=settings.rounds,
-                            timeout=REPLY_TIMEOUT_S, train_config=ConfigRecord({}), evaluate_fn=test_global_model)
+    try:
+        strategy.start(grid=grid, initial_arrays=latest, num_rounds=settings.rounds, timeout=REPLY_TIMEOUT_S,
+                       train_config=ConfigRecord({}), evaluate_fn=test_global_model)
+    except TargetReached:
+        pass  # the rounds after it are not run
+    metrics.summary()
     if settings.save_model:  # as the script saves it: atomically, or elsewhere if that fails now
         try:
-            print(files.save_model(result.arrays.to_torch_state_dict(), settings.save_model, "flower-twin"),
-                  flush=True)
+            print(files.save_model(latest.to_torch_state_dict(), settings.save_model, "flower-twin"), flush=True)
         except files.Rescued as error:
             raise RunError(str(error)) from None
+
+
+class TargetReached(Exception):  # noqa: N818  (not an error: the run's goal)
+    """target-accuracy was reached: the run ends after this round, as the script's does."""
 
 
 def wait_for_clients(grid: Grid, count: int) -> list[int]:
@@ -115,21 +134,25 @@ def name_of(node: int, names: dict[int, str]) -> str:
     return f"{names[node]} (SuperNode {node})" if node in names else f"SuperNode {node}"
 
 
-class TwinFedAvg(FedAvg):
-    """Flower's FedAvg, every client in every round; a failed client ends the run instead of being skipped,
-
-    and the replies are averaged in client order, so that a seed gives the same numbers on every run.
+class TwinRounds:
+    """What the twin adds to Flower's FedAvg and FedProx. Each round trains the clients the script's sampler
+    draws (all of them without clients-per-round); a failed client ends the run instead of being skipped; the
+    replies are averaged in client order, so that a seed gives the same numbers on every run.
     """
 
-    def __init__(self, num_clients: int, names: dict[int, str]) -> None:
+    def __init__(self, names: dict[int, str], sampler: sampling.ClientSampler | None, num_clients: int,
+                 **strategy_args: float) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_clients,
-                         min_available_nodes=num_clients, train_metrics_aggr_fn=mean_train_loss)
-        self.names, self.asked, self.client_losses, self.round_started = names, [], {}, time.time()
+                         min_available_nodes=num_clients, train_metrics_aggr_fn=mean_train_loss, **strategy_args)
+        self.names, self.sampler = names, sampler
+        self.asked, self.chosen, self.client_losses, self.round_started = [], [], {}, time.time()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, train_config: ConfigRecord,
                         grid: Grid) -> list[Message]:
         self.round_started = time.time()
-        messages = list(super().configure_train(server_round, arrays, train_config, grid))
+        messages = list(super().configure_train(server_round, arrays, train_config, grid))  # one per client
+        self.chosen = self.sampler.next_round() if self.sampler else list(self.names.values())
+        messages = [m for m in messages if self.names[m.metadata.dst_node_id] in self.chosen]
         self.asked = [m.metadata.dst_node_id for m in messages]
         return messages
 
@@ -141,6 +164,24 @@ class TwinFedAvg(FedAvg):
         metrics = [r.content["metrics"] for r in replies]
         self.client_losses = {partition.client_name(int(m["partition-id"])): m["train-loss"] for m in metrics}
         return super().aggregate_train(server_round, replies)
+
+
+class TwinFedAvg(TwinRounds, FedAvg):
+    """Flower's FedAvg (McMahan et al. 2017), the script's --strategy fedavg."""
+
+
+class TwinFedProx(TwinRounds, FedProx):
+    """Flower's FedProx (Li et al. 2020), the script's --prox-mu: it sends mu to the clients, which add the
+    proximal term (task.train)."""
+
+
+def twin_strategy(settings: config.Settings, names: dict[int, str],
+                  sampler: sampling.ClientSampler | None) -> TwinFedAvg | TwinFedProx:
+    """FedProx where prox-mu is set, FedAvg otherwise: Flower's own strategies, each round's clients drawn by
+    the script's sampler."""
+    if settings.prox_mu:
+        return TwinFedProx(names, sampler, settings.num_clients, proximal_mu=settings.prox_mu)
+    return TwinFedAvg(names, sampler, settings.num_clients)
 
 
 def mean_train_loss(records: list[RecordDict], weight_key: str) -> MetricRecord:

@@ -62,13 +62,20 @@ def batches(n: int, batch_size: int, generator: torch.Generator,
 
 
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
-          batch_size: int, seed: int, device: torch.device, max_batches: int | None = None) -> float:
-    """Plain PyTorch SGD, as the script's clients run it; returns the mean training loss per sample."""
+          batch_size: int, seed: int, device: torch.device, max_batches: int | None = None,
+          prox_mu: float = 0.0) -> float:
+    """Plain PyTorch SGD, as the script's clients run it; returns the mean training loss per sample.
+
+    With prox_mu, FedProx (Li et al. 2020): the local objective gains (mu/2)·||w - w_round||², w_round being
+    the weights as received; its gradient mu·(w - w_round) joins each step's, in the script's order
+    (fl_tutorial/pysyft/pointer_sgd.py), so that both compute the same steps.
+    """
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)  # the order of the samples
     model.to(device).train()
     images, labels = images.to(device), labels.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    anchors = [p.detach().clone() for p in model.parameters()] if prox_mu else []
     loss_sum, seen = 0.0, 0
     for _ in range(epochs):
         for idx in batches(len(labels), batch_size, generator, max_batches):
@@ -77,6 +84,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
             optimizer.zero_grad()
             loss = F.cross_entropy(model(data), target)
             loss.backward()
+            if prox_mu:  # FedProx's proximal term
+                for p, anchor in zip(model.parameters(), anchors, strict=True):
+                    p.grad.add_(p.detach(), alpha=prox_mu).add_(anchor, alpha=-prox_mu)
             optimizer.step()
             loss_sum += loss.item() * len(idx)
             seen += len(idx)

@@ -1,9 +1,12 @@
 """The twin's flags and run config: the script's meanings and checks, one clear message for a bad value."""
+import os
+import sys
+
 import pytest
 
-from flower_twin import config
+from flower_twin import config, task
 from flower_twin import launch as launcher
-from twin_helpers import assert_one_clear_error, launch
+from twin_helpers import ROOT, assert_one_clear_error, launch
 
 
 def run_config(**changes):
@@ -41,11 +44,33 @@ def test_noniid_deals_two_shards_unless_told_otherwise():
     ({"partition": "noniid", "shards_per_client": 3, "dirichlet_alpha": 0.5}, "choose one of"),
     ({"data_dir": ""}, "data-dir must be a path"),
     ({"epochs": 3}, "unknown run config key epochs"),
+    ({"clients_per_round": 3}, 'clients-per-round="3": there are only 2 clients'),
+    ({"target_accuracy": 1.5}, "target-accuracy=1.5: must be at most 1"),
+    ({"test_every": 0}, "test-every=0: must be >= 1"),
+    ({"prox_mu": -0.1}, "prox-mu=-0.1: must be >= 0.0"),
+    ({"batch_size": "half"}, 'batch-size must be a number or "full"'),
 ])
 def test_a_bad_run_config_value_gets_one_message_naming_the_key(changes, complaint):
     with pytest.raises(config.ConfigError) as error:
         config.settings(run_config(**changes))
     assert complaint in str(error.value)
+
+
+def test_the_papers_settings_mean_what_the_scripts_flags_mean():
+    settings = config.settings(run_config(num_clients=100, clients_per_round=10, batch_size="full", prox_mu=0.01,
+                                          target_accuracy=0.97, test_every=5))
+    assert (settings.clients_per_round, settings.batch_size, settings.prox_mu) == (10, "full", 0.01)
+    assert (settings.target_accuracy, settings.test_every) == (0.97, 5)
+    off = config.settings(config.defaults())  # 0 stands for a flag left out
+    assert (off.clients_per_round, off.target_accuracy, off.prox_mu, off.test_every) == (None, None, 0.0, 1)
+
+
+def test_a_full_batch_that_cannot_fit_is_refused_with_the_scripts_message():
+    from fl_tutorial.core import memory
+
+    problem = memory.batch_problem(task.SimpleCNN, "full", 1000, largest_share=30000, available=10 ** 10)
+    assert problem.startswith("--batch-size full: the largest share, 30000 samples, is one batch. --batch-size 30000")
+    assert memory.batch_problem(task.SimpleCNN, "full", 1000, largest_share=600, available=10 ** 10) is None
 
 
 def test_the_run_config_file_is_what_flwr_reads_back(tmp_path):
@@ -66,6 +91,9 @@ def test_the_run_config_file_is_what_flwr_reads_back(tmp_path):
     (["--client-data-dirs", "a,b"], "--client-data-dirs is for --engine deployment"),
     (["--engine", "deployment", "--client-data-dirs", "a"], "names 1 folder(s) for 2 clients"),
     (["--metrics-out", "/proc/nope/m.json"], "--metrics-out /proc/nope/m.json: cannot write in /proc/nope"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--target-accuracy", "97"], "argument --target-accuracy: must be at most 1"),
+    (["--clients-per-round", "5"], "there are only 2 clients"),
 ])
 def test_bad_flags_are_usage_errors(capsys, flags, complaint):
     with pytest.raises(SystemExit) as exit_info:
@@ -92,3 +120,17 @@ def test_missing_data_says_where_to_put_it(tmp_path):
     # Nothing listens on port 9 of 127.0.0.1: the download fails at once, as it does offline.
     result = launch("--data-dir", str(tmp_path / "empty"), env={"MNIST_MIRRORS": "http://127.0.0.1:9/"}, timeout=120)
     assert_one_clear_error(result, "MNIST in", "is missing or damaged")
+
+
+def test_every_run_of_make_fedavg_paper_is_valid_on_the_twin(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import fedavg_paper
+
+    runs = list(fedavg_paper.runs())
+    assert len(runs) == 7
+    for name, flags, _ in runs:
+        command = fedavg_paper.command("flower", ["--data-dir", str(tmp_path), "--lr", "0.1", *flags])
+        assert command[1:3] == ["-m", "flower_twin.launch"]
+        _, settings, _ = launcher.parse_args(command[3:])  # a usage error would end the test here
+        assert (settings.num_clients, settings.clients_per_round, settings.target_accuracy) == (100, 10, 0.99), name
+        assert settings.batch_size == ("full" if name.endswith("fedsgd") else 10)

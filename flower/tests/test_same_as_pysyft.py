@@ -1,4 +1,4 @@
-"""The twin and the PySyft script side by side: same client shares, and one model file format.
+"""The twin and the PySyft script side by side: same client shares, same clients a round, one model format.
 
 These run the script itself in its own environment (.venv: Python 3.8, torch 1.4,
 syft 0.2.6), as `make test` builds it, and the twin in this one.
@@ -14,7 +14,8 @@ from fl_tutorial.core import mnist
 from flower_twin import task
 from twin_helpers import PYSYFT_PYTHON, ROOT, launch
 
-FLAGS = ["--strategy", "fedavg", "--partition", "noniid", "--num-clients", "3", "--seed", "4"]
+FLAGS = ["--strategy", "fedavg", "--partition", "noniid", "--num-clients", "3", "--seed", "4",
+         "--clients-per-round", "2", "--epochs", "3"]
 
 
 def run_script(*args):
@@ -36,7 +37,7 @@ def script_run(mnist_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_same_flags_give_each_client_the_same_samples_on_both_sides(script_run, mnist_dir, tmp_path):
+def test_the_same_flags_give_each_client_the_same_samples_and_rounds_on_both_sides(script_run, mnist_dir, tmp_path):
     _, pysyft = script_run
     twin_metrics = str(tmp_path / "twin.json")
     result = launch(*FLAGS, "--data-dir", mnist_dir, "--max-batches", "1", "--metrics-out", twin_metrics)
@@ -46,6 +47,8 @@ def test_the_same_flags_give_each_client_the_same_samples_on_both_sides(script_r
     assert [c["client"] for c in flower["partition"]] == ["client1", "client2", "client3"]
     assert flower["partition"] == pysyft["partition"]  # per client: sample count and the 10 label counts
     assert len({tuple(c["labels"]) for c in flower["partition"]}) == 3  # non-IID: three different mixes
+    rounds = [e["clients"] for e in pysyft["epochs"]]
+    assert [e["clients"] for e in flower["epochs"]] == rounds and len({tuple(r) for r in rounds}) > 1  # one sampler
 
 
 def test_a_model_saved_by_the_pysyft_script_loads_into_the_twin_and_tests_the_same(script_run, mnist_dir):

@@ -66,6 +66,22 @@ def check(make_model, batch_size, test_batch_size, available=None):
     return None
 
 
+def train_batch(batch_size, largest_share):
+    """The training batch size: batch_size, or with "full" (FedSGD) the largest client's share."""
+    return largest_share if batch_size == "full" else batch_size
+
+
+def batch_problem(make_model, batch_size, test_batch_size, largest_share, available=None):
+    """None if a training and a test batch fit in memory, else the message that says what fits.
+
+    The script and the Flower twin ask it before any client starts; batch_size may be "full".
+    """
+    problem = check(make_model, train_batch(batch_size, largest_share), test_batch_size, available)
+    if problem and batch_size == "full":
+        return "--batch-size full: the largest share, {} samples, is one batch. {}".format(largest_share, problem)
+    return problem
+
+
 def check_client_processes(n, available=None):
     """None if n client processes (--workers websocket, started here) fit in memory, else why not."""
     available = available_bytes() if available is None else available
