@@ -7,14 +7,16 @@
   to delete what it points to, Python would only print "Exception ignored", go on,
   and leave that client's connection with half a message written: so while a
   `__del__` runs, the interrupt waits, and comes again a moment later, once the
-  finalizer has returned. Where syft catches every exception and goes on, the
-  interrupt comes again too, until the program has ended.
+  finalizer has returned; and so it does inside syft's own code, which can lose an
+  exception or leave an object half built (safe_to_raise). Should anything else
+  swallow it, it comes again until the program has ended.
 - A failure that the run foresees (a client lost or refusing, a message this side
   refuses, an average that cannot be made, a model saved elsewhere): "error: ...".
 
 What the run has finished stays (the metrics file is written after every epoch);
 its context managers stop every client process it started on the way out.
 """
+import os
 import signal
 import sys
 
@@ -24,7 +26,7 @@ from fl_tutorial.pysyft.owners import ClientError
 from fl_tutorial.pysyft.wire import Refused
 
 FORESEEN = (ClientError, AggregationError, Refused, Rescued)
-AGAIN_AFTER_S = 0.05  # an interrupt that landed in a finalizer comes again this much later
+AGAIN_AFTER_S = 0.01  # an interrupt that could not be raised where it landed comes again this much later
 
 
 class Interrupted(SystemExit):
@@ -60,22 +62,51 @@ def catch_interrupts():
 
 
 def interrupt(signum, frame):
-    """Ctrl-C: Interrupted, unless it lands in a finalizer; then it comes again (SIGALRM) a moment later.
+    """Ctrl-C: Interrupted, where raising it is safe (see safe_to_raise); elsewhere it comes again (SIGALRM)
+    AGAIN_AFTER_S later.
 
     Inside run(), it also comes again every AGAIN_AFTER_S until main has ended, unless it is already on its
-    way out: syft 0.2.6 has `except BaseException` and bare `except:` clauses (a hooked tensor method retries
-    after any exception, say) that would otherwise swallow it, and training would go on. A timer signal, not
-    a thread: a handler may run while the main thread holds threading's own locks.
+    way out (its finally clauses and context managers then run undisturbed). A timer signal, not a thread: a
+    handler may run while the main thread holds threading's own locks.
     """
     if signum == signal.SIGINT and _state["running"]:
         signal.setitimer(signal.ITIMER_REAL, AGAIN_AFTER_S, AGAIN_AFTER_S)
-    if in_finalizer(frame):
+    if signum == signal.SIGALRM and on_its_way_out():
+        return
+    if not safe_to_raise(frame):
         if not _state["running"]:
             signal.setitimer(signal.ITIMER_REAL, AGAIN_AFTER_S)
         return
-    if signum == signal.SIGALRM and on_its_way_out():
-        return  # its finally clauses and context managers run undisturbed
     raise Interrupted()
+
+
+def safe_to_raise(frame):
+    """Not in a finalizer, and not inside syft 0.2.6, unless it waits on the wire.
+
+    Inside syft an exception can be lost or turned into another: its hooked tensor methods catch
+    `BaseException` and retry the call (the run then trained on), its serializer has bare `except:` clauses,
+    and a pointer half built is left to a `__del__` that fails at exit. Between syft's calls, every object
+    it keeps is whole. A blocking read of a websocket reply is the exception: the run's clients abandon
+    that connection on the way out (remote/), and a client may take minutes to answer.
+    """
+    if in_finalizer(frame):
+        return False
+    return not in_package(frame, "syft") or in_package(frame, "websocket", innermost_only=True)
+
+
+def in_package(frame, name, innermost_only=False):
+    """True if `frame` (or, unless innermost_only, a frame that called it) runs code of the imported package."""
+    module = sys.modules.get(name)
+    if module is None or not getattr(module, "__file__", None):
+        return False
+    folder = os.path.dirname(module.__file__) + os.sep
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(folder):
+            return True
+        if innermost_only:
+            return False
+        frame = frame.f_back
+    return False
 
 
 def in_finalizer(frame):
