@@ -95,14 +95,23 @@ def test_ctrl_c_while_python_and_syft_are_still_loading_ends_the_run_in_one_line
                                         after_start=after_start))
 
 
-def test_an_interrupt_that_lands_in_a_finalizer_waits_until_it_returns(tmp_path):
-    # syft's pointers send their deletion from __del__, where Python swallows an exception ("Exception ignored")
-    # and goes on. Here Ctrl-C lands in such a finalizer: the finalizer completes, then the program ends.
+def run_program(folder, body):
+    """A program made of `body` (which calls exits.run) in its own Python: (CompletedProcess, seconds it took)."""
     code = textwrap.dedent("""
         import signal, sys, time
         sys.path.insert(0, {root!r})
         from fl_tutorial.pysyft import exits
+    """).format(root=ROOT) + textwrap.dedent(body)
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", code], cwd=str(folder), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    return done, time.time() - started
 
+
+def test_an_interrupt_that_lands_in_a_finalizer_waits_until_it_returns(tmp_path):
+    # syft's pointers send their deletion from __del__, where Python swallows an exception ("Exception ignored")
+    # and goes on. Here Ctrl-C lands in such a finalizer: the finalizer completes, then the program ends.
+    done, seconds = run_program(tmp_path, """
         class Pointer:
             def __del__(self):
                 signal.raise_signal(signal.SIGINT)  # Ctrl-C, while the deletion is half sent
@@ -116,23 +125,16 @@ def test_an_interrupt_that_lands_in_a_finalizer_waits_until_it_returns(tmp_path)
             print("the run went on", flush=True)
 
         exits.run(main)
-    """).format(root=ROOT)
-    started = time.time()
-    done = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    """)
     assert (done.returncode, done.stderr) == (1, "Interrupted.\n")
-    assert done.stdout == "the finalizer finished its message\n" and time.time() - started < 8
+    assert done.stdout == "the finalizer finished its message\n" and seconds < 8
 
 
 def test_an_interrupt_that_syft_swallows_comes_again_and_cleanup_is_not_disturbed(tmp_path):
     # syft 0.2.6's hooked tensor methods retry after `except BaseException` (and it has bare `except:` clauses):
     # a Ctrl-C landing there is swallowed, and training went on. It comes again until the program has ended,
     # but never into the cleanup that an interrupt on its way out runs.
-    code = textwrap.dedent("""
-        import signal, sys, time
-        sys.path.insert(0, {root!r})
-        from fl_tutorial.pysyft import exits
-
+    done, seconds = run_program(tmp_path, """
         def hooked_method():
             try:
                 signal.raise_signal(signal.SIGINT)  # Ctrl-C, inside syft's try
@@ -151,9 +153,6 @@ def test_an_interrupt_that_syft_swallows_comes_again_and_cleanup_is_not_disturbe
                 print("the cleanup finished", flush=True)
 
         exits.run(main)
-    """).format(root=ROOT)
-    started = time.time()
-    done = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    """)
     assert (done.returncode, done.stderr) == (1, "Interrupted.\n")
-    assert done.stdout == "the exception was swallowed\nthe cleanup finished\n" and time.time() - started < 8
+    assert done.stdout == "the exception was swallowed\nthe cleanup finished\n" and seconds < 8

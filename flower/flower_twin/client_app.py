@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_tutorial.core import mnist, partition
+from fl_tutorial.core import memory, mnist, partition
 from flower_twin import config, task
 
 app = ClientApp()
@@ -57,7 +57,7 @@ def train(msg: Message, context: Context) -> Message:
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         round_config = msg.content["config"]
         server_round = int(round_config["server-round"])
-        batch_size = len(labels) if settings.batch_size == "full" else settings.batch_size  # full: FedSGD
+        batch_size = memory.train_batch(settings.batch_size, len(labels))  # "full": my whole share (FedSGD)
         loss = task.train(model, images, labels, epochs=settings.local_epochs, lr=settings.lr, batch_size=batch_size,
                           seed=task.round_seed(settings.seed, server_round, index),
                           device=task.pick_device(settings.device), max_batches=settings.max_batches,
